@@ -1,0 +1,121 @@
+"""The configuration tree: strict pydantic models, one field per CLI flag.
+
+User config is strict (`extra="forbid"`, validated ranges, messages that say what to
+change); server payloads are parsed tolerantly elsewhere. Nothing here does I/O.
+
+    config = DeepConfConfig(mode="online", variant="low", budget=64,
+                            confidence=ConfidenceConfig(window=64))
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Mode = Literal["online", "offline"]
+Variant = Literal["low", "high"]
+Metric = Literal["mean", "tail", "bottom", "lowest"]
+
+# DeepConf-low keeps the top 10% of warm-up traces, DeepConf-high the top 90%. We expose the
+# keep fraction by name because a raw "percentile" flips meaning between the paper's files.
+KEEP_PERCENT: dict[str, float] = {"low": 10.0, "high": 90.0}
+
+METRICS: tuple[str, ...] = ("mean", "tail", "bottom", "lowest")
+# Offline methods: "majority", "<metric>" (weighted, no filter), "<metric>@<eta>" (keep the
+# top eta% by the metric, then vote weighted by it).
+_METHOD = re.compile(r"^(majority|(mean|tail|bottom|lowest)(@(10|90))?)$")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ConfidenceConfig(StrictModel):
+    """How token and group confidence are computed. Thresholds only transfer between runs
+    with the same k, window and logprob mode, so trace files record all of them."""
+
+    top_logprobs: int = Field(20, ge=1, le=100, description="k: top logprobs per token (paper: 20).")
+    window: int = Field(2048, ge=1, description="Group window in tokens (paper: 2048).")
+    tail: int = Field(2048, ge=1, description="Tokens in the tail-confidence metric.")
+    bottom_fraction: float = Field(
+        0.1, gt=0.0, le=1.0, description="Fraction of lowest groups in the bottom metric."
+    )
+
+
+class SamplingConfig(StrictModel):
+    """Per-trace sampling sent to the backend (Falcon-H1R's recommended defaults)."""
+
+    temperature: float = Field(0.6, ge=0.0, le=5.0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int | None = Field(None, ge=1, description="Top-k sampling (servers that support it).")
+    max_tokens: int = Field(8192, ge=1, description="Maximum tokens per trace.")
+    seed: int | None = Field(None, description="Trace i gets seed + i; none: unseeded.")
+    system: str | None = Field(None, description="System prompt for chat APIs.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings.")
+
+
+class AnswerConfig(StrictModel):
+    """How a trace's final answer is found in its text."""
+
+    patterns: list[str] = Field(
+        default_factory=list,
+        description="Extra regexes tried when no \\boxed{} is found; group 1 is the answer.",
+    )
+    fallbacks: bool = Field(True, description="Also accept 'Answer: X' / 'answer is X'.")
+    choices: str | None = Field(
+        None, description="Multiple-choice letters (e.g. 'ABCD'): answers normalise to a letter."
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"answer pattern {p!r} is not a valid regex: {exc}") from exc
+        return patterns
+
+
+class DeepConfConfig(StrictModel):
+    """Everything one solve needs besides the backend."""
+
+    mode: Mode = Field("online", description="online: Algorithm 2 with pruning; offline: N traces then filtered votes.")
+    variant: Variant = Field("low", description="low keeps the top 10% of warm-up traces, high the top 90%.")
+    budget: int = Field(64, ge=1, description="Trace budget B, warm-up included (offline: N).")
+    token_budget: int | None = Field(None, ge=1, description="Stop once this many tokens are generated in all.")
+    warmup: int = Field(16, ge=1, description="Warm-up traces run to completion to set the threshold.")
+    tau: float = Field(0.95, gt=0.0, le=1.0, description="Consensus beta at which online generation stops.")
+    concurrency: int = Field(16, ge=1, description="Traces in flight at once (1 reproduces the paper's sequential run).")
+    offline_method: str = Field(
+        "tail@10", description="Offline answer: majority, <metric> or <metric>@<eta>, metric in mean|tail|bottom|lowest."
+    )
+    confidence: ConfidenceConfig = Field(default_factory=ConfidenceConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    answer: AnswerConfig = Field(default_factory=AnswerConfig)
+
+    @field_validator("offline_method")
+    @classmethod
+    def _method(cls, method: str) -> str:
+        if not _METHOD.match(method):
+            raise ValueError(
+                f"unknown offline method {method!r}: use majority, mean, tail, bottom, lowest,"
+                " or one of those with @10 or @90 (e.g. tail@10)"
+            )
+        return method
+
+    @model_validator(mode="after")
+    def _warmup_within_budget(self) -> DeepConfConfig:
+        if self.mode == "online" and self.warmup > self.budget:
+            raise ValueError(
+                f"warmup ({self.warmup}) exceeds the trace budget ({self.budget}): the budget"
+                " counts warm-up traces, so raise --budget or lower --warmup"
+            )
+        return self
+
+    @property
+    def keep_percent(self) -> float:
+        """eta: the percent of warm-up traces whose confidence sets the threshold."""
+        return KEEP_PERCENT[self.variant]

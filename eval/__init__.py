@@ -1,0 +1,1 @@
+"""Evaluation: tasks and graders, the eval runner, replay, reports and benchmarks."""
