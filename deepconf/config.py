@@ -36,7 +36,9 @@ class ConfidenceConfig(StrictModel):
     """How token and group confidence are computed. Thresholds only transfer between runs
     with the same k, window and logprob mode, so trace files record all of them."""
 
-    top_logprobs: int = Field(20, ge=1, le=100, description="k: top logprobs per token (paper: 20).")
+    top_logprobs: int = Field(
+        20, ge=1, le=100, description="k: top logprobs per token (paper: 20)."
+    )
     window: int = Field(2048, ge=1, description="Group window in tokens (paper: 2048).")
     tail: int = Field(2048, ge=1, description="Tokens in the tail-confidence metric.")
     bottom_fraction: float = Field(
@@ -82,15 +84,30 @@ class AnswerConfig(StrictModel):
 class DeepConfConfig(StrictModel):
     """Everything one solve needs besides the backend."""
 
-    mode: Mode = Field("online", description="online: Algorithm 2 with pruning; offline: N traces then filtered votes.")
-    variant: Variant = Field("low", description="low keeps the top 10% of warm-up traces, high the top 90%.")
+    mode: Mode = Field(
+        "online",
+        description="online: Algorithm 2 with pruning; offline: N traces then filtered votes.",
+    )
+    variant: Variant = Field(
+        "low", description="low keeps the top 10% of warm-up traces, high the top 90%."
+    )
     budget: int = Field(64, ge=1, description="Trace budget B, warm-up included (offline: N).")
-    token_budget: int | None = Field(None, ge=1, description="Stop once this many tokens are generated in all.")
-    warmup: int = Field(16, ge=1, description="Warm-up traces run to completion to set the threshold.")
-    tau: float = Field(0.95, gt=0.0, le=1.0, description="Consensus beta at which online generation stops.")
-    concurrency: int = Field(16, ge=1, description="Traces in flight at once (1 reproduces the paper's sequential run).")
+    token_budget: int | None = Field(
+        None, ge=1, description="Stop once this many tokens are generated in all."
+    )
+    warmup: int = Field(
+        16, ge=1, description="Warm-up traces run to completion to set the threshold."
+    )
+    tau: float = Field(
+        0.95, gt=0.0, le=1.0, description="Consensus beta at which online generation stops."
+    )
+    concurrency: int = Field(
+        16, ge=1, description="Traces in flight at once (1 reproduces the paper's sequential run)."
+    )
     offline_method: str = Field(
-        "tail@10", description="Offline answer: majority, <metric> or <metric>@<eta>, metric in mean|tail|bottom|lowest."
+        "tail@10",
+        description="Offline answer: majority, <metric> or <metric>@<eta>"
+        " (metric: mean|tail|bottom|lowest, eta: 10|90).",
     )
     confidence: ConfidenceConfig = Field(default_factory=ConfidenceConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
