@@ -1,0 +1,437 @@
+"""The OpenAI-compatible HTTP backend: one streamed request per trace (n=1) with top-k logprobs.
+
+Works with vLLM, SGLang, llama.cpp's server and hosted APIs, over /v1/chat/completions or
+/v1/completions. Each trace is its own request, so closing its stream (a prune) aborts just
+that generation: the generator's `finally` closes the response, the server sees the
+disconnect. Retries (connect errors, 429 with Retry-After, 5xx) happen only before the first
+token arrived; a stream that breaks later raises `StreamError` and the controller replaces
+the trace. httpx exceptions never leave this module: `_HttpErrors` translates them.
+
+What it does not do: parse bytes (backends/sse.py) or pick endpoints (backends/routing.py).
+
+    backend = OpenAIHttpBackend(HttpBackendConfig(base_urls=["http://localhost:8000/v1"]))
+    await backend.open()                                  # discovers the model, probes logprobs
+    async with contextlib.aclosing(backend.stream(request)) as stream:
+        async for batch in stream: ...
+    await backend.aclose()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+import msgspec
+import numpy as np
+from asyncio_throttle import Throttler
+from deepconf.backends.routing import EndpointPool, parse_retry_after, retry_delay
+from deepconf.backends.sse import SSEDecoder, decode_payloads
+from pydantic import Field, field_validator
+
+from deepconf.backend import Prompt, TokenBatch, TraceRequest
+from deepconf.config import SamplingConfig, StrictModel
+from deepconf.errors import (
+    BackendError,
+    CapabilityError,
+    ConfigError,
+    ConnectError,
+    RateLimitedError,
+    RequestRejectedError,
+    ServerError,
+    StreamError,
+)
+
+log = logging.getLogger(__name__)
+
+# Tokens the capability probe generates: a few, because a reasoning parser may strip the
+# logprobs of a token or two (vLLM #37737) and the judgement uses the median position.
+PROBE_TOKENS = 8
+
+
+class HttpBackendConfig(StrictModel):
+    """How to reach one or more OpenAI-compatible servers."""
+
+    base_urls: list[str] = Field(
+        min_length=1, description="Server base URLs, e.g. http://localhost:8000/v1."
+    )
+    model: str | None = Field(None, description="Model name; None: the first of GET /v1/models.")
+    api: Literal["chat", "completions"] = Field("chat", description="Endpoint family to call.")
+    api_key: str | None = Field(None, description="Bearer token; None: $OPENAI_API_KEY.")
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
+    read_timeout: float = Field(
+        600.0, gt=0, description="Seconds to wait for the next bytes of a stream."
+    )
+    max_retries: int = Field(4, ge=0, description="Retries before a trace's first token.")
+    requests_per_second: float | None = Field(
+        None, gt=0, description="Cap on new requests per second (hosted APIs' rate limits)."
+    )
+    max_connections: int = Field(4096, ge=1, description="HTTP connection pool size.")
+    top_logprobs: int = Field(
+        20, ge=1, le=100, description="k the capability probe in open() checks."
+    )
+    backoff_base: float = Field(0.5, ge=0, description="First retry delay in seconds.")
+    backoff_cap: float = Field(30.0, ge=0, description="Longest retry delay in seconds.")
+
+    @field_validator("base_urls")
+    @classmethod
+    def _normalise(cls, urls: list[str]) -> list[str]:
+        out = []
+        for url in urls:
+            url = url.strip().rstrip("/")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"base URL {url!r} must start with http:// or https://")
+            # A bare host gets the OpenAI prefix; any other path (a proxy's) is kept as given.
+            if httpx.URL(url).path in ("", "/"):
+                url += "/v1"
+            out.append(url)
+        return out
+
+
+class _HttpErrors:
+    """Translate httpx exceptions raised inside the block into deepconf errors."""
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp: object, exc: BaseException | None, tb: object) -> Literal[False]:
+        if isinstance(exc, httpx.TimeoutException):
+            raise ConnectError(
+                f"{self.url} did not answer in time ({type(exc).__name__}): raise the timeout"
+                " or check that the server is not overloaded"
+            ) from exc
+        if isinstance(exc, httpx.ConnectError):
+            raise ConnectError(
+                f"cannot connect to {self.url} ({exc}): start the server or fix --base-url"
+            ) from exc
+        if isinstance(exc, httpx.TransportError):
+            raise ConnectError(f"the connection to {self.url} broke: {exc}") from exc
+        if isinstance(exc, httpx.HTTPError):
+            raise BackendError(f"HTTP error talking to {self.url}: {exc}") from exc
+        return False
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The reason a server gave for refusing a request, from any common error shape."""
+    try:
+        obj = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, str):
+            return err
+        if isinstance(err, dict):
+            for key in ("message", "detail", "msg"):
+                if err.get(key):
+                    return str(err[key])
+    return str(obj)[:500]
+
+
+def _status_error(response: httpx.Response, url: str) -> BackendError:
+    status, said = response.status_code, _server_message(response)
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return RateLimitedError(f"{url} is rate limiting (429): {said}", retry_after)
+    if status >= 500:
+        return ServerError(f"{url} failed with HTTP {status}: {said}")
+    hint = {
+        401: "; check --api-key or $OPENAI_API_KEY",
+        403: "; check --api-key or $OPENAI_API_KEY",
+        404: "; check --base-url (usually ending in /v1), --api and --model",
+    }.get(status, "")
+    return RequestRejectedError(f"{url} rejected the request (HTTP {status}): {said}{hint}")
+
+
+class OpenAIHttpBackend:
+    """Streams traces from OpenAI-compatible servers; see the module docstring."""
+
+    def __init__(self, config: HttpBackendConfig) -> None:
+        self.config = config
+        self.model: str = config.model or ""
+        self._pool = EndpointPool(config.base_urls)
+        self._client: httpx.AsyncClient | None = None
+        self._throttler: Throttler | None = None
+        self._verified_k: set[int] = set()  # k values the probe has confirmed
+        self._lock: asyncio.Lock | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._client is not None:
+                return
+            self._client = self._new_client()
+            cfg = self.config
+            if cfg.requests_per_second is not None:
+                # Throttler takes an integer count per period: express fractional rates as
+                # one request per 1/rps seconds.
+                rate = max(1, int(cfg.requests_per_second))
+                self._throttler = Throttler(rate_limit=rate, period=rate / cfg.requests_per_second)
+            try:
+                if not self.model:
+                    self.model = await self._discover_model()
+                await self._probe(cfg.top_logprobs)
+                self._verified_k.add(cfg.top_logprobs)
+            except BaseException:
+                await self.aclose()
+                raise
+
+    def _new_client(self) -> httpx.AsyncClient:
+        cfg = self.config
+        api_key = cfg.api_key or os.environ.get("OPENAI_API_KEY")
+        return httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
+            # pool=None: with more traces than connections, wait for one, never fail.
+            timeout=httpx.Timeout(
+                connect=cfg.connect_timeout, read=cfg.read_timeout, write=60.0, pool=None
+            ),
+            limits=httpx.Limits(
+                max_connections=cfg.max_connections,
+                max_keepalive_connections=cfg.max_connections,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        self._verified_k.clear()
+        if client is not None:
+            await client.aclose()
+
+    async def _discover_model(self) -> str:
+        assert self._client is not None
+        errors = []
+        for url in self.config.base_urls:
+            try:
+                with _HttpErrors(url):
+                    response = await self._client.get(url + "/models")
+            except BackendError as exc:
+                errors.append(str(exc))
+                continue
+            if response.status_code != 200:
+                errors.append(str(_status_error(response, url)))
+                continue
+            data = response.json().get("data") or []
+            if data and data[0].get("id"):
+                return str(data[0]["id"])
+            errors.append(f"{url}/models lists no models")
+        raise ConfigError(
+            "could not discover the model name (" + "; ".join(errors) + "): pass --model"
+        )
+
+    # --- capability probe --------------------------------------------------------------------
+
+    def _verified(self, k: int) -> bool:
+        # A server that returned k' >= k logprobs at the typical position can serve k.
+        return bool(self._verified_k) and k <= max(self._verified_k)
+
+    async def _ensure_k(self, k: int) -> None:
+        if self._verified(k):
+            return
+        assert self._lock is not None
+        async with self._lock:
+            if not self._verified(k):
+                await self._probe(k)
+                self._verified_k.add(k)
+
+    async def _probe(self, k: int) -> None:
+        """One tiny streamed request; raise `CapabilityError` if the logprobs are unusable."""
+        prompt = (
+            [{"role": "user", "content": "Say hello."}] if self.config.api == "chat" else "Hello"
+        )
+        request = TraceRequest(
+            index=-1,
+            prompt=prompt,
+            sampling=SamplingConfig(max_tokens=PROBE_TOKENS),
+            top_logprobs=k,
+        )
+        rows = []
+        async with contextlib.aclosing(self._stream(request)) as stream:
+            async for batch in stream:
+                rows.append(batch.top_logprobs)
+        lp = np.concatenate(rows) if rows else np.empty((0, k))  # (n, k)
+        where = f"{self.config.base_urls[0]} ({self.model}, /{self._path.lstrip('/')})"
+        counts = (~np.isnan(lp)).sum(axis=1)  # (n,) entries per position
+        if lp.shape[0] == 0 or counts.max() == 0:
+            raise CapabilityError(
+                f"{where} returned no logprobs: DeepConf needs top-k logprobs per token."
+                " Use a server that returns them (vLLM, SGLang, llama.cpp's server); OpenAI's"
+                " reasoning models and some hosted APIs return none"
+            )
+        typical = int(np.median(counts))
+        if typical < k:
+            raise CapabilityError(
+                f"{where} returned {typical} top logprobs per token, fewer than the {k} asked:"
+                f" on vLLM start the server with --max-logprobs {k} (its default is 20), or"
+                f" lower --top-logprobs to {typical}"
+            )
+        present = lp[~np.isnan(lp)]
+        if np.all((present == 0.0) | (present <= -9999.0)):
+            raise CapabilityError(
+                f"{where} returns placeholder logprobs (every value is 0 or -9999), so"
+                " confidence would be meaningless: use a server that returns real logprobs"
+            )
+
+    # --- streaming ---------------------------------------------------------------------------
+
+    @property
+    def _path(self) -> str:
+        return "/chat/completions" if self.config.api == "chat" else "/completions"
+
+    async def stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
+        """Token batches of one trace; closing the generator closes the HTTP response."""
+        if self._client is None:
+            await self.open()
+        await self._ensure_k(request.top_logprobs)
+        async with contextlib.aclosing(self._stream(request)) as stream:
+            async for batch in stream:
+                yield batch
+
+    async def _stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
+        body = msgspec.json.encode(self._body(request))
+        cfg, avoid = self.config, None
+        for attempt in range(cfg.max_retries + 1):
+            url = self._pool.acquire(avoid)
+            response: httpx.Response | None = None
+            started = False
+            try:
+                response = await self._send(url, body)
+                async with contextlib.aclosing(
+                    self._read(response, url, request.top_logprobs)
+                ) as rd:
+                    async for batch in rd:
+                        started = True
+                        yield batch
+                return
+            except BackendError as exc:
+                if started:
+                    if isinstance(exc, StreamError):
+                        raise
+                    raise StreamError(f"the stream from {url} broke mid-trace: {exc}") from exc
+                if not exc.retryable or attempt == cfg.max_retries:
+                    raise
+                retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+                delay = retry_delay(
+                    attempt, retry_after, base=cfg.backoff_base, cap=cfg.backoff_cap
+                )
+                log.warning("retrying trace %d in %.2fs: %s", request.index, delay, exc)
+                avoid = url
+            finally:
+                # Closing the response is what tells the server to stop generating (a prune).
+                if response is not None:
+                    await response.aclose()
+                self._pool.release(url)
+            await asyncio.sleep(delay)
+
+    async def _send(self, url: str, body: bytes) -> httpx.Response:
+        """POST the request; return the open streaming response or raise the mapped error."""
+        assert self._client is not None, "call open() first"
+        request = self._client.build_request(
+            "POST", url + self._path, content=body, headers={"Content-Type": "application/json"}
+        )
+        if self._throttler is not None:
+            async with self._throttler:
+                pass  # the throttler paces the start of requests, not their duration
+        with _HttpErrors(url):
+            response = await self._client.send(request, stream=True)
+            if response.status_code != 200:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                raise _status_error(response, url)
+        return response
+
+    async def _read(self, response: httpx.Response, url: str, k: int) -> AsyncIterator[TokenBatch]:
+        sse, finished = SSEDecoder(), False
+        with _HttpErrors(url):
+            async for raw in response.aiter_bytes():
+                decoded = decode_payloads(sse.feed(raw), k)
+                finished = finished or decoded.done or decoded.finish_reason is not None
+                if (
+                    decoded.top_logprobs.shape[0]
+                    or decoded.text
+                    or decoded.reasoning
+                    or (decoded.finish_reason or decoded.usage)
+                ):
+                    yield TokenBatch(
+                        decoded.top_logprobs,
+                        decoded.text,
+                        decoded.reasoning,
+                        decoded.finish_reason,
+                        decoded.usage,
+                    )
+                if decoded.done:
+                    return
+        tail = decode_payloads(sse.flush(), k)
+        if tail.top_logprobs.shape[0] or tail.text or tail.finish_reason:
+            yield TokenBatch(
+                tail.top_logprobs, tail.text, tail.reasoning, tail.finish_reason, tail.usage
+            )
+        if not (finished or tail.done or tail.finish_reason):
+            raise ConnectError(f"the stream from {url} ended without a finish reason or [DONE]")
+
+    # --- request body ------------------------------------------------------------------------
+
+    def _body(self, request: TraceRequest) -> dict[str, Any]:
+        s = request.sampling
+        body: dict[str, Any] = {
+            "model": self.model,
+            "stream": True,
+            "n": 1,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "stream_options": {"include_usage": True},
+        }
+        if s.top_k is not None:
+            body["top_k"] = s.top_k  # vLLM/SGLang/llama.cpp extension
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if self.config.api == "chat":
+            body["messages"] = _messages(request.prompt, s.system)
+            body["logprobs"] = True
+            body["top_logprobs"] = request.top_logprobs
+        else:
+            body["prompt"] = _raw_prompt(request.prompt, s.system)
+            body["logprobs"] = request.top_logprobs
+        return body
+
+
+def _messages(prompt: Prompt, system: str | None) -> list[dict[str, Any]]:
+    if isinstance(prompt, str):
+        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+    else:
+        messages = [dict(m) for m in prompt]
+        for m in messages:
+            if not isinstance(m, dict) or "role" not in m:
+                raise ConfigError(f"chat messages need a 'role' and 'content', got {m!r}")
+    if system is not None and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def _raw_prompt(prompt: Prompt, system: str | None) -> str:
+    if not isinstance(prompt, str):
+        raise ConfigError(
+            "the completions API takes a raw prompt string, not chat messages: use --api chat,"
+            " or pass a prompt already rendered with the model's chat template"
+        )
+    if system is not None:
+        raise ConfigError(
+            "a system prompt needs --api chat; with --api completions put it in the raw prompt"
+        )
+    return prompt

@@ -1,0 +1,309 @@
+"""The OpenAI-compatible backend against a real local streaming server (ScriptedServer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+
+import numpy as np
+import pytest
+from deepconf.backends.openai_http import PROBE_TOKENS, HttpBackendConfig, OpenAIHttpBackend
+from deepconf.backends.routing import EndpointPool, retry_delay
+from support.scripted_server import CONFIDENT, Script, ScriptedServer, scripted_server
+
+from deepconf.backend import TokenBatch, TraceRequest
+from deepconf.config import SamplingConfig
+from deepconf.errors import (
+    CapabilityError,
+    ConfigError,
+    ConnectError,
+    RequestRejectedError,
+    StreamError,
+)
+
+__all__ = ["scripted_server"]  # the fixture, imported for pytest
+
+TEXT = "The answer is \\boxed{7}."
+REASONING = "Let me add three and four carefully."
+
+
+def backend_for(*servers: ScriptedServer, **kw) -> OpenAIHttpBackend:
+    kw.setdefault("backoff_base", 0.01)
+    return OpenAIHttpBackend(HttpBackendConfig(base_urls=[s.base_url for s in servers], **kw))
+
+
+def traces(server: ScriptedServer) -> list:
+    """The server's stream records of traces, leaving out the backend's capability probe."""
+    return [s for s in server.streams if s.body.get("max_tokens") != PROBE_TOKENS]
+
+
+def request(prompt="What is 3+4?", k=20, seed=None, **sampling) -> TraceRequest:
+    return TraceRequest(0, prompt, SamplingConfig(**sampling), top_logprobs=k, seed=seed)
+
+
+async def collect(backend: OpenAIHttpBackend, req: TraceRequest) -> list[TokenBatch]:
+    async with contextlib.aclosing(backend.stream(req)) as stream:
+        return [b async for b in stream]
+
+
+def joined(batches: list[TokenBatch]) -> tuple[np.ndarray, str, str]:
+    lp = np.concatenate([b.top_logprobs for b in batches])
+    return lp, "".join(b.text for b in batches), "".join(b.reasoning for b in batches)
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+async def test_stream_counts_tokens_from_logprobs_in_multi_token_chunks(scripted_server, api):
+    """3 tokens per chunk: rows = tokens (not chunks), each row the script's top-k largest
+    first; text, reasoning (chat) and the finish reason arrive intact; the model name comes
+    from /v1/models."""
+    script = Script.from_text(TEXT, reasoning=REASONING, tokens_per_chunk=3)
+    scripted_server.default = script
+    backend = backend_for(scripted_server, api=api)
+    await backend.open()
+    try:
+        batches = await collect(backend, request(k=5))
+    finally:
+        await backend.aclose()
+    lp, text, reasoning = joined(batches)
+    assert backend.model == "scripted-model"
+    assert lp.shape == (len(script.tokens), 5)
+    np.testing.assert_array_equal(lp, np.tile(CONFIDENT[:5], (len(script.tokens), 1)))
+    if api == "chat":
+        assert (reasoning, text) == (REASONING, TEXT)
+    else:  # completions has no reasoning channel: everything is text
+        assert text == REASONING + TEXT
+    assert [b.finish_reason for b in batches if b.finish_reason] == ["stop"]
+    assert any(len(b.top_logprobs) == 3 for b in batches)
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+async def test_k_plus_one_entries_give_k_largest(scripted_server, api):
+    """llama.cpp-style chat lists (sampled token appended as entry k+1) and completions
+    dicts with k+1 keys both decode to exactly the k largest logprobs."""
+    scripted_server.default = Script.from_text(TEXT, append_sampled=True)
+    backend = backend_for(scripted_server, api=api, top_logprobs=4)
+    await backend.open()
+    try:
+        lp, _, _ = joined(await collect(backend, request(k=4)))
+    finally:
+        await backend.aclose()
+    np.testing.assert_array_equal(lp, np.tile(CONFIDENT[:4], (lp.shape[0], 1)))
+
+
+async def test_request_bodies(scripted_server, monkeypatch):
+    """Chat: messages with the system prompt, logprobs+top_logprobs, seed, top_k only when
+    set, stop, include_usage; completions: the raw prompt and logprobs=k; the API key from
+    $OPENAI_API_KEY goes out as a Bearer header."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123")
+    chat = backend_for(scripted_server, model="m")
+    comp = backend_for(scripted_server, model="m", api="completions")
+    await collect(chat, request(seed=42, k=3, system="Be brief.", top_k=20, stop=["</s>"]))
+    await collect(comp, request(prompt="<raw>", k=3))
+    await chat.aclose()
+    await comp.aclose()
+    b_chat, b_comp = scripted_server.streams[1].body, scripted_server.streams[3].body
+    assert b_chat["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 3+4?"},
+    ]
+    assert (b_chat["logprobs"], b_chat["top_logprobs"], b_chat["seed"]) == (True, 3, 42)
+    assert (b_chat["top_k"], b_chat["stop"], b_chat["n"]) == (20, ["</s>"], 1)
+    assert b_chat["stream_options"] == {"include_usage": True}
+    assert (b_comp["prompt"], b_comp["logprobs"]) == ("<raw>", 3)
+    assert "seed" not in b_comp and "top_k" not in b_comp and "messages" not in b_comp
+    assert scripted_server.streams[1].headers["authorization"] == "Bearer sk-test-123"
+
+
+async def test_completions_rejects_chat_messages(scripted_server):
+    """Chat messages on the completions API are a ConfigError telling the user what to do."""
+    backend = backend_for(scripted_server, api="completions")
+    with pytest.raises(ConfigError, match="--api chat"):
+        await collect(backend, request(prompt=[{"role": "user", "content": "hi"}]))
+    await backend.aclose()
+
+
+async def test_probe_fewer_logprobs_names_max_logprobs(scripted_server):
+    """A server capped below k (vLLM --max-logprobs) fails open() with a message naming
+    the flag and the count it returned."""
+    scripted_server.default = Script.from_text(TEXT, max_logprobs=5)
+    backend = backend_for(scripted_server, top_logprobs=20)
+    with pytest.raises(CapabilityError, match=r"returned 5 top logprobs.*--max-logprobs 20"):
+        await backend.open()
+
+
+async def test_probe_judges_the_typical_position(scripted_server):
+    """One short position (collapsed entries) does not fail the probe: the median counts."""
+    script = Script.from_text("one two three four five")
+    script.tokens[1].top = script.tokens[1].top[:2]
+    scripted_server.default = script
+    backend = backend_for(scripted_server, top_logprobs=20)
+    await backend.open()
+    await backend.aclose()
+
+
+async def test_probe_no_logprobs(scripted_server):
+    """A server that returns no logprobs at all is refused at open(), in words."""
+    scripted_server.default = Script.from_text(TEXT, logprobs=False)
+    with pytest.raises(CapabilityError, match="no logprobs"):
+        await backend_for(scripted_server).open()
+
+
+async def test_probe_placeholder_logprobs(scripted_server):
+    """All-0 / -9999 logprobs (APIs that accept the parameter but fake it) are refused."""
+    scripted_server.default = Script.from_text(TEXT, top=[0.0] + [-9999.0] * 25)
+    with pytest.raises(CapabilityError, match="placeholder"):
+        await backend_for(scripted_server).open()
+
+
+async def test_retry_after_500(scripted_server):
+    """A 500 before the first token is retried and the trace then streams normally."""
+    backend = backend_for(scripted_server, model="m")
+    scripted_server.fail_next(500)
+    lp, text, _ = joined(await collect(backend, request()))
+    await backend.aclose()
+    assert lp.shape[0] == len(scripted_server.default.tokens)
+    assert text == "".join(t.text for t in scripted_server.default.tokens)
+    assert len(traces(scripted_server)) == 1
+    assert len(scripted_server.requests) == 3  # probe, the 500, the retry
+
+
+async def test_429_honours_retry_after(scripted_server):
+    """A 429 with Retry-After: 0.3 waits (about) that long before retrying, though the
+    backoff base is 10 ms."""
+    backend = backend_for(scripted_server, model="m")
+    scripted_server.fail_next(429, retry_after=0.3)
+    start = time.monotonic()
+    await collect(backend, request())
+    await backend.aclose()
+    assert time.monotonic() - start >= 0.25
+    assert len(scripted_server.requests) == 2 + 1  # + the probe, which met the 429
+
+
+async def test_4xx_not_retried_and_quoted(scripted_server):
+    """A 400 is a RequestRejectedError quoting the server's reason, sent exactly once."""
+    backend = backend_for(scripted_server, model="m")
+    scripted_server.fail_next(400, message="max_tokens is too large for this model")
+    with pytest.raises(RequestRejectedError, match="max_tokens is too large"):
+        await collect(backend, request())
+    await backend.aclose()
+    assert len(scripted_server.requests) == 1  # the probe met it: open() fails, not retried
+
+
+async def test_retries_give_up(scripted_server):
+    """Persistent 503s raise after max_retries + 1 attempts instead of looping forever."""
+    backend = backend_for(scripted_server, model="m", max_retries=2)
+    for _ in range(3):
+        scripted_server.fail_next(503)
+    with pytest.raises(Exception, match="503") as info:
+        await collect(backend, request())
+    await backend.aclose()
+    assert info.type.__name__ == "ServerError"
+    assert len(scripted_server.requests) == 3
+
+
+async def test_connect_error_when_nothing_listens():
+    """A port with no server gives ConnectError saying to start the server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = HttpBackendConfig(base_urls=[f"http://127.0.0.1:{port}"], model="m", max_retries=1)
+    backend = OpenAIHttpBackend(cfg.model_copy(update={"backoff_base": 0.01}))
+    with pytest.raises(ConnectError, match="start the server"):
+        await collect(backend, request())
+    await backend.aclose()
+
+
+async def test_mid_stream_drop_is_stream_error(scripted_server):
+    """A connection cut after tokens arrived is a StreamError (not retried: tokens were
+    already consumed); the batches before it were delivered."""
+    scripted_server.by_seed[1] = Script.from_text(TEXT + " " + TEXT, drop_after=4)
+    backend = backend_for(scripted_server, model="m")
+    got = []
+    with pytest.raises(StreamError, match="broke mid-trace"):
+        async with contextlib.aclosing(backend.stream(request(seed=1))) as stream:
+            async for batch in stream:
+                got.append(batch)
+    await backend.aclose()
+    assert sum(b.n_tokens for b in got) == 4
+    assert len(traces(scripted_server)) == 1
+
+
+async def test_in_stream_error_is_stream_error(scripted_server):
+    """An {"error": ...} object mid-stream raises StreamError quoting it."""
+    scripted_server.by_seed[1] = Script.from_text(TEXT, error_after=2)
+    backend = backend_for(scripted_server, model="m")
+    with pytest.raises(StreamError, match="scripted in-stream error"):
+        await collect(backend, request(seed=1))
+    await backend.aclose()
+
+
+async def test_prune_closes_the_connection(scripted_server):
+    """Closing the stream generator (what a prune does) closes the HTTP response: the
+    server records the disconnect and stops sending, far short of the script's end."""
+    long = Script.from_text(" ".join(["step"] * 400), delay=0.005)
+    scripted_server.default = long
+    backend = backend_for(scripted_server, model="m")
+    stream = backend.stream(request())
+    received = 0
+    async for batch in stream:
+        received += batch.n_tokens
+        if received >= 10:
+            break
+    await stream.aclose()
+    (rec,) = traces(scripted_server)
+    assert scripted_server.wait_for(lambda: rec.disconnected, timeout=5)
+    sent = rec.tokens_sent
+    await asyncio.sleep(0.1)
+    assert rec.tokens_sent == sent < 100 and not rec.finished
+    await backend.aclose()
+
+
+async def test_routing_spreads_over_two_servers():
+    """With two endpoints, concurrent traces go to both (least in flight)."""
+    script = Script.from_text(TEXT, delay=0.01)
+    with ScriptedServer(script) as a, ScriptedServer(script) as b:
+        backend = backend_for(a, b, model="m")
+        await asyncio.gather(*(collect(backend, request(seed=i)) for i in range(8)))
+        await backend.aclose()
+        assert len(traces(a)) == len(traces(b)) == 4
+
+
+def test_endpoint_pool_least_in_flight():
+    """acquire() picks the least-busy URL, rotates among ties, and can avoid a failed one."""
+    pool = EndpointPool(["a", "b", "c"])
+    assert [pool.acquire() for _ in range(3)] == ["a", "b", "c"]
+    pool.release("b")
+    assert pool.acquire() == "b"
+    pool.release("a")
+    assert pool.acquire(avoid="a") in ("b", "c")
+
+
+def test_retry_delay_backoff_and_retry_after():
+    """Backoff doubles per attempt (with jitter in [0.5, 1.5)) up to the cap; a server's
+    Retry-After wins, capped."""
+    assert 0.25 <= retry_delay(0, base=0.5) < 0.75
+    assert 1.0 <= retry_delay(2, base=0.5) < 3.0
+    assert retry_delay(10, base=0.5, cap=5.0) < 7.5
+    assert retry_delay(3, retry_after=1.5) == 1.5
+    assert retry_delay(0, retry_after=1000, cap=30) == 30
+
+
+async def test_requests_per_second_paces_request_starts(scripted_server):
+    """requests_per_second=10 lets 10 requests start per second: 13 (probe included)
+    cannot all start within the first second."""
+    backend = backend_for(scripted_server, requests_per_second=10, top_logprobs=3)
+    start = time.monotonic()
+    await backend.open()
+    await asyncio.gather(*(collect(backend, request(seed=i, k=3)) for i in range(12)))
+    await backend.aclose()
+    assert time.monotonic() - start >= 0.9
+
+
+def test_base_url_normalised():
+    """A bare host gets /v1; a trailing slash is dropped; a non-http URL is refused."""
+    cfg = HttpBackendConfig(base_urls=["http://h:8000/", "http://h:9000/v1/", "http://p/x"])
+    assert cfg.base_urls == ["http://h:8000/v1", "http://h:9000/v1", "http://p/x"]
+    with pytest.raises(ValueError, match="http://"):
+        HttpBackendConfig(base_urls=["localhost:8000"])
