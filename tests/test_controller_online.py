@@ -1,0 +1,185 @@
+"""Online DeepConf (Algorithm 2) against a scripted backend: warm-up, threshold, pruning,
+consensus, budgets, seeds, and the confident-minority scenario."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support.fake_backend import FakeBackend, Script, make_config
+
+from deepconf.controller import DeepConf
+from deepconf.trace import TraceStatus
+
+
+@pytest.mark.parametrize(
+    ("variant", "threshold", "voters"),
+    # lowest-group confidences 10..17: the 90th percentile (linear) is 10 + 0.9*7 = 16.3,
+    # the 10th is 10 + 0.1*7 = 10.7.
+    [("low", 16.3, ["7"]), ("high", 10.7, ["7", "6", "5", "4", "3", "2", "1"])],
+)
+async def test_warmup_runs_unpruned_and_sets_the_percentile_threshold(
+    variant, threshold, voters
+) -> None:
+    """`warmup` traces run to completion, s is the (100 - keep)th percentile of their lowest
+    group confidences, and exactly the warm-up traces with lowest >= s vote, weighted by it."""
+    fake = FakeBackend(default=lambda i: Script(conf=10.0 + i, n=12, answer=str(i)))
+    cfg = make_config(variant=variant, warmup=8, budget=8, concurrency=3)
+    result = await DeepConf(fake, cfg).solve("q")
+    assert len(result.traces) == 8
+    assert all(t.phase == "warmup" and t.status is TraceStatus.COMPLETED for t in result.traces)
+    assert result.threshold == pytest.approx(threshold)
+    assert [v.answer for v in result.votes] == voters
+    assert [v.weight for v in result.votes] == pytest.approx([float(a) + 10 for a in voters])
+    assert result.tokens.warmup == 8 * 12 and result.tokens.online == 0
+    assert not fake.closed_early
+
+
+async def test_prune_fires_at_the_first_full_window_below_threshold_not_before() -> None:
+    """With window 4 and s = 15: a trace opening with three tokens at 10 (partial means 10)
+    and then 30 is not pruned (no full window before token 4, whose mean is exactly 15, not
+    below), and a trace that falls from 20 to 5 is pruned at token 8, the first
+    window whose mean (20+20+5+5)/4 = 12.5 < 15 (token 7's window, 16.25, passes). Its stream
+    is closed right there, mid-batch tokens received are counted, and it never votes."""
+    confs_late_dip = [20.0] * 6 + [5.0] * 10
+    confs_early_dip = [10.0, 10.0, 10.0] + [30.0] * 9
+    fake = FakeBackend(
+        {
+            0: Script(conf=15.0, n=8, answer="1"),
+            1: Script(conf=15.0, n=8, answer="2"),
+            2: Script(conf=confs_late_dip, chunks=[3], answer="9", text_first=True),
+            3: Script(conf=confs_early_dip, answer="2"),
+        }
+    )
+    result = await DeepConf(fake, make_config(warmup=2, budget=4)).solve("q")
+    assert result.threshold == 15.0
+    pruned, early = result.traces[2], result.traces[3]
+    assert pruned.status is TraceStatus.PRUNED and pruned.pruned_at == 8
+    assert pruned.tokens == 9 == fake.delivered[2]  # batch 7..9 had arrived
+    assert pruned.answer == "9"  # it had an answer, yet it does not vote
+    assert fake.closed_early == {2}
+    assert early.status is TraceStatus.COMPLETED and early.metrics.lowest == 15.0
+    assert {v.answer: v.count for v in result.votes} == {"1": 1, "2": 2}
+    assert result.tokens.total == 8 + 8 + 9 + 12  # the pruned trace's tokens count
+
+
+async def test_consensus_stops_generation_once_beta_reaches_tau() -> None:
+    """Warm-up votes 1,2,1 (beta 2/3); each further trace votes 1, so beta = (n-1)/n and
+    first reaches tau = 0.9 at n = 10 votes: 3 warm-up + 7 online traces, out of 50."""
+    fake = FakeBackend({1: Script(conf=15.0, answer="2")}, default=Script(conf=15.0, answer="1"))
+    cfg = make_config(variant="high", warmup=3, budget=50, tau=0.9)
+    result = await DeepConf(fake, cfg).solve("q")
+    assert result.stop_reason == "consensus"
+    assert len(result.traces) == 10
+    assert result.beta == pytest.approx(0.9)
+    assert result.answer == "1"
+
+
+async def test_consensus_right_after_warmup_launches_nothing_more() -> None:
+    """Agreeing warm-up survivors give beta = 1 >= tau: no online trace is launched."""
+    fake = FakeBackend(default=Script(conf=15.0, answer="42"))
+    result = await DeepConf(fake, make_config(warmup=4, budget=64)).solve("q")
+    assert result.stop_reason == "consensus"
+    assert len(fake.requests) == 4 and result.answer == "42" and result.beta == 1.0
+
+
+async def test_trace_budget_counts_warmup_and_stops_at_budget() -> None:
+    """Answers alternate so beta never reaches tau: exactly `budget` traces run, warm-up
+    included, and the stop reason says budget."""
+    fake = FakeBackend(default=lambda i: Script(conf=15.0, answer=str(i % 2)))
+    result = await DeepConf(fake, make_config(warmup=2, budget=6, variant="high")).solve("q")
+    assert len(result.traces) == 6 and len(fake.requests) == 6
+    assert [t.phase for t in result.traces] == ["warmup"] * 2 + ["online"] * 4
+    assert result.stop_reason == "budget"
+
+
+async def test_token_budget_stops_mid_trace_and_counts_every_token() -> None:
+    """Traces of 20 tokens, token budget 50: the third trace is cut at token 10 (cancelled,
+    stream closed) and the solve stops with exactly 50 tokens spent."""
+    fake = FakeBackend(default=lambda i: Script(conf=15.0, n=20, answer=str(i)))
+    cfg = make_config(warmup=2, budget=10, token_budget=50, variant="high")
+    result = await DeepConf(fake, cfg).solve("q")
+    assert result.stop_reason == "token_budget"
+    assert result.tokens.total == 50
+    assert result.traces[2].status is TraceStatus.CANCELLED and result.traces[2].tokens == 10
+    assert fake.closed_early == {2} and len(result.traces) == 3
+
+
+async def test_stop_cancels_in_flight_traces_closes_streams_and_counts_tokens() -> None:
+    """At consensus, the three long traces still streaming are cancelled: their streams are
+    closed early, their status is cancelled, and the tokens they had received count."""
+    fake = FakeBackend(
+        {
+            0: Script(conf=15.0, answer="1"),
+            1: Script(conf=15.0, answer="2"),
+            2: Script(conf=15.0, n=10, answer="1"),
+        },
+        default=Script(conf=15.0, n=5000, answer="3"),
+    )
+    cfg = make_config(warmup=2, budget=6, tau=0.6, concurrency=4)
+    result = await DeepConf(fake, cfg).solve("q")
+    assert result.stop_reason == "consensus" and result.answer == "1"
+    cancelled = [t for t in result.traces if t.status is TraceStatus.CANCELLED]
+    assert [t.index for t in cancelled] == [3, 4, 5]
+    assert fake.closed_early == {3, 4, 5} and fake.in_flight == 0
+    assert all(0 < t.tokens == fake.delivered[t.index] < 5000 for t in cancelled)
+    assert result.tokens.total == sum(fake.delivered.values())
+
+
+async def test_concurrency_bounds_the_streams_in_flight() -> None:
+    """With concurrency 3 and paced streams, at most 3 are ever open at once, and 3 are."""
+    fake = FakeBackend(default=lambda i: Script(conf=15.0, n=6, delay=0.002, answer=str(i % 2)))
+    cfg = make_config(warmup=4, budget=12, concurrency=3, variant="high")
+    result = await DeepConf(fake, cfg).solve("q")
+    assert fake.max_in_flight == 3
+    assert len(result.traces) == 12
+
+
+async def test_trace_seeds_are_seed_plus_index_and_unset_without_a_seed() -> None:
+    """Trace i is sent seed + i; with no seed configured, none is sent."""
+    fake = FakeBackend(default=lambda i: Script(conf=15.0, answer=str(i % 2)))
+    await DeepConf(fake, make_config(sampling={"seed": 100}, variant="high")).solve("q")
+    assert sorted((r.index, r.seed) for r in fake.requests) == [(i, 100 + i) for i in range(8)]
+    fake2 = FakeBackend(default=lambda i: Script(conf=15.0, answer=str(i % 2)))
+    await DeepConf(fake2, make_config(variant="high")).solve("q")
+    assert {r.seed for r in fake2.requests} == {None}
+
+
+def _confident_minority(index: int) -> Script:
+    """Warm-up (0..7): 42 at 0, 3, 6 with confidence 18; 7 at the others, confidence 12,
+    except trace 7 at 10. Later: every third trace says 42 at 18; the rest say 7 and start
+    at 16 but fall to 9 after 30 tokens (a trace losing its way)."""
+    if index < 8:
+        if index % 3 == 0:
+            return Script(conf=18.0, n=200, answer="42")
+        return Script(conf=10.0 if index == 7 else 12.0, n=200, answer="7")
+    if index % 3 == 0:
+        return Script(conf=18.0, n=200, answer="42", chunks=[7])
+    return Script(conf=[16.0] * 30 + [9.0] * 170, answer="7", chunks=[7])
+
+
+async def test_online_picks_the_confident_answer_with_fewer_tokens_than_majority() -> None:
+    """Plain majority over the full budget (offline, 64 traces) says 7; online DeepConf-high
+    prunes the faltering 7-traces and stops at consensus on 42, spending far fewer tokens.
+
+    s = 10th percentile of [10, 12 x4, 18 x3] = 11.4; warm-up votes: 7 -> 48, 42 -> 54.
+    Each online 42 adds 18; beta >= 0.8 needs 42-weight >= 192, i.e. 11 votes of 42 (8
+    online, the last at index 30). The 15 online 7-traces are pruned at token 41, the first
+    window (16 tokens) whose mean 16 - 7*11/16 < 11.4."""
+    cfg = make_config(variant="high", warmup=8, budget=64, tau=0.8, window=16)
+    offline = await DeepConf(
+        FakeBackend(default=_confident_minority), cfg.model_copy(update={"mode": "offline"})
+    ).solve("q")
+    online = await DeepConf(FakeBackend(default=_confident_minority), cfg).solve("q")
+
+    assert offline.methods["majority"] == "7"
+    assert online.answer == "42" and online.stop_reason == "consensus"
+    assert online.threshold == pytest.approx(11.4)
+    pruned = [t for t in online.traces if t.status is TraceStatus.PRUNED]
+    assert len(pruned) == 15 and {t.pruned_at for t in pruned} == {41}
+    assert len(online.traces) == 31
+    assert online.tokens.total == 16 * 200 + 15 * 42  # pruned mid-batch of 7: 42 received
+    assert online.tokens_majority_estimate == 64 * 200 == offline.tokens.total
+    saved = 1 - online.tokens.total / offline.tokens.total
+    print(f"online {online.tokens.total} tokens vs majority {offline.tokens.total}: {saved:.0%}")
+    assert saved > 0.7
+    assert np.isclose(online.beta, 198 / (198 + 48))
