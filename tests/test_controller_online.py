@@ -3,6 +3,8 @@ consensus, budgets, seeds, and the confident-minority scenario."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from support.fake_backend import FakeBackend, Script, make_config
@@ -105,23 +107,28 @@ async def test_token_budget_stops_mid_trace_and_counts_every_token() -> None:
 
 
 async def test_stop_cancels_in_flight_traces_closes_streams_and_counts_tokens() -> None:
-    """At consensus, the three long traces still streaming are cancelled: their streams are
-    closed early, their status is cancelled, and the tokens they had received count."""
+    """At consensus, the traces still in flight are cancelled: two long streams and one
+    stalled before its first token (so only an explicit cancel can end it). Their streams
+    are closed early, their status is cancelled, and the tokens they received count."""
+    stalled = asyncio.Event()  # never set
     fake = FakeBackend(
         {
             0: Script(conf=15.0, answer="1"),
             1: Script(conf=15.0, answer="2"),
             2: Script(conf=15.0, n=10, answer="1"),
+            5: Script(conf=15.0, gate=stalled),
         },
         default=Script(conf=15.0, n=5000, answer="3"),
     )
     cfg = make_config(warmup=2, budget=6, tau=0.6, concurrency=4)
-    result = await DeepConf(fake, cfg).solve("q")
+    async with asyncio.timeout(5):
+        result = await DeepConf(fake, cfg).solve("q")
     assert result.stop_reason == "consensus" and result.answer == "1"
     cancelled = [t for t in result.traces if t.status is TraceStatus.CANCELLED]
     assert [t.index for t in cancelled] == [3, 4, 5]
     assert fake.closed_early == {3, 4, 5} and fake.in_flight == 0
-    assert all(0 < t.tokens == fake.delivered[t.index] < 5000 for t in cancelled)
+    assert all(0 < t.tokens == fake.delivered[t.index] < 5000 for t in cancelled[:2])
+    assert cancelled[2].tokens == 0
     assert result.tokens.total == sum(fake.delivered.values())
 
 
@@ -183,3 +190,35 @@ async def test_online_picks_the_confident_answer_with_fewer_tokens_than_majority
     print(f"online {online.tokens.total} tokens vs majority {offline.tokens.total}: {saved:.0%}")
     assert saved > 0.7
     assert np.isclose(online.beta, 198 / (198 + 48))
+
+
+def _reference_prune(confs: np.ndarray, window: int, s: float) -> int | None:
+    """Slow reference: the first 1-based position whose trailing full window averages
+    below s, one token at a time."""
+    for p in range(window, len(confs) + 1):
+        if sum(confs[p - window : p]) / window < s:
+            return p
+    return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_prune_position_matches_the_token_by_token_reference(seed) -> None:
+    """For random confidence walks cut into random batch sizes, the controller's batched
+    prune (push_many + vectorised position search) stops exactly where the token-by-token
+    reference does, and the tokens counted are those of every batch received up to it."""
+    rng = np.random.default_rng(seed)
+    window, n, s = 8, 300, 15.0
+    confs = np.clip(17.0 + np.cumsum(rng.normal(-0.02, 0.6, n)), 0, 30)
+    chunks = rng.integers(1, 12, size=50).tolist()
+    fake = FakeBackend(
+        {2: Script(conf=confs.tolist(), chunks=chunks, answer="9")},
+        default=lambda i: Script(conf=s, n=10, answer=str(i)),
+    )
+    result = await DeepConf(fake, make_config(warmup=2, budget=3, window=window)).solve("q")
+    trace = result.traces[2]
+    expected = _reference_prune(confs, window, s)
+    assert expected is not None  # each of these walks drifts below s (at tokens 19..103)
+    ends = np.cumsum([min(c, n) for c in (chunks * n)])  # batch end positions
+    batch_end = int(min(ends[ends >= expected][0], n))
+    assert trace.status is TraceStatus.PRUNED and trace.pruned_at == expected
+    assert trace.tokens == batch_end == fake.delivered[2]
