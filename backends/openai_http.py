@@ -155,8 +155,11 @@ def _status_error(response: httpx.Response, url: str) -> BackendError:
 class OpenAIHttpBackend:
     """Streams traces from OpenAI-compatible servers; see the module docstring."""
 
-    def __init__(self, config: HttpBackendConfig) -> None:
+    def __init__(
+        self, config: HttpBackendConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.config = config
+        self._transport = transport  # injected in benchmarks (httpx.MockTransport); None: network
         self.model: str = config.model or ""
         self._pool = EndpointPool(config.base_urls)
         self._client: httpx.AsyncClient | None = None
@@ -192,6 +195,7 @@ class OpenAIHttpBackend:
         cfg = self.config
         api_key = cfg.api_key or os.environ.get("OPENAI_API_KEY")
         return httpx.AsyncClient(
+            transport=self._transport,
             headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
             # pool=None: with more traces than connections, wait for one, never fail.
             timeout=httpx.Timeout(

@@ -153,6 +153,12 @@ def top_k_matrix(rows: list[list[float | None]], k: int) -> np.ndarray:
     """
     if not rows:
         return np.empty((0, k))
+    if all(len(row) == k and None not in row for row in rows):
+        # The common case (vLLM: exactly k real values per position): an in-place ascending
+        # sort and a reversed view, without the NaN-aware negations below (~1 us per call).
+        a = np.array(rows, dtype=np.float64)  # (n, k)
+        a.sort(axis=1)
+        return a[:, ::-1]
     width = k
     for i, row in enumerate(rows):
         n = len(row)
@@ -196,10 +202,13 @@ def decode_payloads(payloads: list[bytes], k: int) -> Decoded:
             break
     if not payloads:
         return Decoded(np.empty((0, k)), done=done)
-    try:
-        chunks = _CHUNKS.decode(b"[" + b",".join(payloads) + b"]")
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        chunks = [_decode_one(p) for p in payloads]  # finds and reports the bad one
+    if len(payloads) == 1:
+        chunks = [_decode_one(payloads[0])]
+    else:
+        try:
+            chunks = _CHUNKS.decode(b"[" + b",".join(payloads) + b"]")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            chunks = [_decode_one(p) for p in payloads]  # finds and reports the bad one
     rows: list[list[float | None]] = []
     text: list[str] = []
     reasoning: list[str] = []

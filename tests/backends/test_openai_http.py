@@ -307,3 +307,78 @@ def test_base_url_normalised():
     assert cfg.base_urls == ["http://h:8000/v1", "http://h:9000/v1", "http://p/x"]
     with pytest.raises(ValueError, match="http://"):
         HttpBackendConfig(base_urls=["localhost:8000"])
+
+
+# --- end to end: DeepConf online over the real server -------------------------------------------
+
+SEED = 100
+CONFIDENT_7 = Script.from_text(TEXT, reasoning=REASONING, tokens_per_chunk=2)
+# Online, the confident traces are paced to end after the unconfident ones were pruned
+# (else consensus would cancel those first).
+CONFIDENT_7_SLOW = Script.from_text(TEXT, reasoning=REASONING, tokens_per_chunk=2, delay=0.03)
+CONFIDENT_5 = Script.from_text("So \\boxed{5}.", reasoning=REASONING)
+# Long and paced, so a prune (window 8) lands while the server still has ~190 tokens to send.
+UNCONFIDENT_3 = Script.from_text(
+    " ".join(["maybe"] * 200) + " \\boxed{3}", confident=False, delay=0.003
+)
+
+
+UNCONFIDENT_3_SHORT = Script.from_text(" ".join(["maybe"] * 20) + " \\boxed{3}", confident=False)
+
+
+def deepconf_script(number: int, body: dict) -> Script | None:
+    """Trace i has seed SEED + i. Warm-up (0..3): 7, 7, 5 confident and one unconfident 3
+    that runs to completion (warm-up is never pruned). Online: even traces unconfident 3,
+    odd ones confident 7."""
+    index = body["seed"] - SEED
+    if index < 4:
+        return [CONFIDENT_7, CONFIDENT_7, CONFIDENT_5, UNCONFIDENT_3_SHORT][index]
+    return UNCONFIDENT_3 if index % 2 == 0 else CONFIDENT_7_SLOW
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+async def test_deepconf_online_end_to_end(api):
+    """DeepConf-high over HTTP: the threshold from warm-up sits between the two confidence
+    levels; every online unconfident trace is pruned a few tokens after its window fills,
+    and the server saw that stream disconnected long before its end; the vote is the
+    confident answer 7 and the confident minority answer 3 never votes."""
+    from deepconf.config import ConfidenceConfig, DeepConfConfig
+    from deepconf.controller import DeepConf
+    from deepconf.trace import TraceStatus
+
+    config = DeepConfConfig(
+        mode="online",
+        variant="high",
+        warmup=4,
+        budget=12,
+        tau=0.8,
+        concurrency=4,
+        confidence=ConfidenceConfig(window=8),
+        sampling=SamplingConfig(seed=SEED, max_tokens=400),
+    )
+    with ScriptedServer(
+        choose=lambda n, body: deepconf_script(n, body) if "seed" in body else None
+    ) as server:
+        backend = backend_for(server, api=api)
+        try:
+            result = await DeepConf(backend, config).solve("What is 3+4?")
+        finally:
+            await backend.aclose()
+        by_seed = {r.seed: r for r in traces(server)}
+
+    assert result.answer == "7"
+    assert {v.answer for v in result.votes} == {"7", "5"}
+    warm = [t for t in result.traces if t.phase == "warmup"]
+    assert [t.status for t in warm] == [TraceStatus.COMPLETED] * 4
+    assert 3.0 < result.threshold < 12.0
+    pruned = [t for t in result.traces if t.status is TraceStatus.PRUNED]
+    assert pruned, "the unconfident online traces must be pruned"
+    for t in pruned:
+        assert t.index % 2 == 0 and t.tokens < 50
+        rec = by_seed[t.seed]
+        assert server.wait_for(lambda rec=rec: rec.disconnected), f"trace {t.index} not closed"
+        assert rec.tokens_sent < 100 < rec.tokens_total and not rec.finished
+    # Everything that did not end on its own was closed on the server, too.
+    for t in result.traces:
+        if t.status is TraceStatus.CANCELLED:
+            assert server.wait_for(lambda t=t: by_seed[t.seed].disconnected)
