@@ -1,0 +1,170 @@
+"""The `deepconf serve` command: DeepConf as an OpenAI-compatible server in front of one or
+more upstream OpenAI-compatible servers (see deepconf/proxy.py for the protocol).
+
+    deepconf serve --upstream http://localhost:8000/v1 --port 8080 --api-key sk-local \\
+        --budget 64 --window 2048
+
+Registered by deepconf/cli.py as ``app.command("serve")(serve_command)``. The DeepConf flags
+set server-side defaults; each request may override them in its `deepconf` object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from deepconf.backend import Backend
+from deepconf.cli_common import (
+    Budget,
+    Concurrency,
+    MaxTokens,
+    Mode,
+    OfflineMethod,
+    RequestsPerSecond,
+    Seed,
+    Tau,
+    Temperature,
+    Timeout,
+    TokenBudget,
+    TopLogprobs,
+    TopP,
+    Variant,
+    Warmup,
+    Window,
+    backend_from_flags,
+    config_from_flags,
+)
+from deepconf.errors import ConfigError, DeepConfError
+
+Upstream = Annotated[
+    list[str],
+    typer.Option(
+        "--upstream",
+        help="Upstream OpenAI-compatible server, e.g. http://localhost:8000/v1 (repeat for"
+        " several; traces go to the least-loaded).",
+        envvar="DEEPCONF_UPSTREAM",
+        show_default=False,
+    ),
+]
+ServerKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="Require 'Authorization: Bearer KEY' from clients (default: $DEEPCONF_API_KEY;"
+        " none: open).",
+        envvar="DEEPCONF_API_KEY",
+        show_default=False,
+    ),
+]
+UpstreamKey = Annotated[
+    str | None,
+    typer.Option(
+        "--upstream-api-key",
+        help="Key sent to the upstreams (default: $OPENAI_API_KEY).",
+        show_default=False,
+    ),
+]
+
+
+def serve_command(
+    upstream: Upstream,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+    api_key: ServerKey = None,
+    upstream_api_key: UpstreamKey = None,
+    max_concurrent_solves: Annotated[
+        int,
+        typer.Option(
+            "--max-concurrent-solves", help="Solves run at once; more get 429 + Retry-After."
+        ),
+    ] = 8,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", help="Largest request body accepted.")
+    ] = 8 * 1024 * 1024,
+    rps: RequestsPerSecond = None,
+    timeout: Timeout = 600.0,
+    mode: Mode = None,
+    variant: Variant = None,
+    budget: Budget = None,
+    token_budget: TokenBudget = None,
+    warmup: Warmup = None,
+    window: Window = None,
+    tau: Tau = None,
+    top_logprobs: TopLogprobs = None,
+    concurrency: Concurrency = None,
+    offline_method: OfflineMethod = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    max_tokens: MaxTokens = None,
+    seed: Seed = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="info, warning, ...")] = "info",
+) -> None:
+    """Serve DeepConf over an OpenAI-compatible API in front of UPSTREAM servers."""
+    import uvicorn
+
+    from deepconf.proxy import create_app
+
+    try:
+        defaults = config_from_flags(
+            mode=mode,
+            variant=variant,
+            budget=budget,
+            token_budget=token_budget,
+            warmup=warmup,
+            window=window,
+            tau=tau,
+            top_logprobs=top_logprobs,
+            concurrency=concurrency,
+            offline_method=offline_method,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+        )
+        upstream_key = upstream_api_key or os.environ.get("OPENAI_API_KEY")
+        urls = _normalised(upstream)
+
+        def factory(model: str, endpoint: str) -> Backend:
+            # the endpoint a request arrives on picks the upstream's chat or completions API
+            return backend_from_flags(urls, model, endpoint, upstream_key, rps, timeout)
+
+        app = create_app(
+            factory,
+            defaults=defaults,
+            upstreams=urls,
+            upstream_api_key=upstream_key,
+            api_key=api_key,
+            max_concurrent_solves=max_concurrent_solves,
+            max_body_bytes=max_body_bytes,
+        )
+    except DeepConfError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=1) from None
+    _setup_logging(log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
+
+
+def _normalised(urls: list[str]) -> list[str]:
+    """The upstream URLs as the HTTP backend reads them (a bare host gets /v1)."""
+    from deepconf.backends.openai_http import HttpBackendConfig
+
+    if not urls:
+        raise ConfigError("give at least one --upstream URL, e.g. http://localhost:8000/v1")
+    try:
+        return HttpBackendConfig(base_urls=urls).base_urls
+    except ValueError as exc:
+        raise ConfigError(f"bad --upstream: {exc}") from exc
+
+
+def _setup_logging(level: str) -> None:
+    """The per-request JSON lines go to stderr, one per line, nothing around them."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("deepconf.serve")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False

@@ -1,0 +1,111 @@
+"""`deepconf serve`'s app running for real on 127.0.0.1 (uvicorn in a daemon thread), in front
+of an upstream base URL, for tests that talk to it with the openai client or httpx.
+
+    with ScriptedServer(default=script) as upstream, ProxyServer(upstream.base_url) as proxy:
+        client = openai.OpenAI(base_url=proxy.base_url, api_key="x", max_retries=0)
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
+
+from deepconf.backend import Backend
+from deepconf.config import DeepConfConfig
+from deepconf.proxy import create_app
+
+# Small settings for scripted traces of a few tokens.
+TEST_DEFAULTS = DeepConfConfig(budget=4, warmup=2, concurrency=4, confidence={"window": 2})
+
+
+class LogCapture(logging.Handler):
+    """Keeps the deepconf.serve log lines (one JSON object per request)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+class ProxyServer:
+    """`create_app` over the real HTTP backend, served on a free loopback port."""
+
+    def __init__(self, upstream: str, **app_kw: Any) -> None:
+        self.upstream = upstream
+        app_kw.setdefault("defaults", TEST_DEFAULTS)
+        # 0.05 s progress interval keeps streaming tests short; the default is 0.25 s.
+        app_kw.setdefault("progress_interval", 0.05)
+
+        def factory(model: str, api: str) -> Backend:
+            config = HttpBackendConfig(
+                base_urls=[upstream], model=model, api=api, max_retries=0, top_logprobs=20
+            )
+            return OpenAIHttpBackend(config)
+
+        self.app = create_app(factory, upstreams=[upstream], **app_kw)
+        self.logs = LogCapture()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> ProxyServer:
+        logger = logging.getLogger("deepconf.serve")
+        logger.addHandler(self.logs)
+        logger.setLevel(logging.INFO)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="critical", access_log=False, lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the deepconf proxy did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        logging.getLogger("deepconf.serve").removeHandler(self.logs)
+        if self._server is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True  # do not wait for keep-alive client connections
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> ProxyServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_log(self, predicate: Any, timeout: float = 5.0) -> list[str]:
+        """Wait until some log line satisfies `predicate(dict)`; return all lines."""
+        import json
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(predicate(json.loads(line)) for line in list(self.logs.lines)):
+                break
+            time.sleep(0.01)
+        return list(self.logs.lines)
