@@ -45,7 +45,8 @@ def solve(
         config: the settings; `config_overrides` replace fields of it (or of the
             defaults), e.g. `budget=32, variant="high"`; nested sections take dicts,
             merged into the current ones: `sampling={"seed": 0}`.
-        trace_path, on_progress, problem_id: as for `DeepConf` / `DeepConf.solve`.
+        trace_path, on_progress, problem_id: as for `DeepConf` / `DeepConf.solve`. Inside
+            a running loop, on_progress is called on the worker thread.
     Raises:
         ConfigError: an override names no setting or has a bad value.
         BackendError: the backend could not serve (see the message).
