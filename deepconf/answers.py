@@ -28,7 +28,9 @@ from deepconf.config import AnswerConfig
 
 # (?![A-Za-z]) so that a longer command such as \boxedthing is not taken for \boxed.
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_PHRASE = re.compile(r"final\s+answer\s+is\b|answer\s+is\b|answer\s*:", re.IGNORECASE)
+# The brace-less form "\boxed 5": one run of non-space, non-$ characters.
+_BARE_ARG = re.compile(r"[^\s$]+")
+_PHRASE = re.compile(r"\b(?:(?:final\s+)?answer\s+is(?![\w'’])|answer\s*:)", re.IGNORECASE)
 # Decimal points survive: only a period at the very end (or before whitespace) is dropped.
 _TRAILING = " \t\r\n*$.,;:"
 
@@ -41,7 +43,7 @@ def extract_answer(text: str, config: AnswerConfig | None = None) -> str | None:
          escaped ``\\{ \\}``, and the brace-less ``\\boxed 5`` form); an unclosed box at the
          end of a truncated trace is skipped in favour of the one before it;
       2. when ``config.fallbacks``: the last "final answer is X" / "answer is X" / "Answer: X",
-         X running to the end of its line (or the next line if that one is empty);
+         X running to the end of its sentence or line (the next line if that one is empty);
       3. each of ``config.patterns`` in turn: its last match, group 1 (the whole match for a
          pattern without groups);
       4. when ``config.choices``: a choice letter after "answer is" / "answer:", else the last
@@ -93,7 +95,7 @@ def _box_argument(text: str, start: int) -> str | None:
                     return text[i + 1 : j]
             j += 1
         return None
-    m = re.compile(r"[^\s$]+").match(text, i)
+    m = _BARE_ARG.match(text, i)
     return m.group(0).rstrip(".,;:") if m else None
 
 
@@ -105,7 +107,8 @@ def _last_phrase(text: str) -> str | None:
     lines = rest.split("\n", 2)
     # "Answer:\n42": the value is on the next line.
     value = lines[0].strip() or (lines[1].strip() if len(lines) > 1 else "")
-    value = value.strip(_TRAILING)
+    # The sentence ends at ". " (a decimal point is never followed by a space).
+    value = re.split(r"\.\s", value, maxsplit=1)[0].strip(_TRAILING)
     if value.startswith("\\(") and value.endswith("\\)"):
         value = value[2:-2].strip()
     return value or None
@@ -309,7 +312,7 @@ def too_costly(norm: str) -> bool:
         return True
     for m in re.finditer(r"\^|\*\*", norm):
         exponent = _exponent_at(norm, m.end())
-        if "^" in exponent or "*" * 2 in exponent or "!" in exponent:
+        if "^" in exponent or "**" in exponent or "!" in exponent:
             return True  # a tower: 2^{2^{100}}
         if any(int(d) > _MAX_EXPONENT for d in re.findall(r"\d+", exponent)):
             return True

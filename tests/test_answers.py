@@ -52,6 +52,8 @@ def test_boxed_command_needs_a_word_boundary() -> None:
     ("text", "want"),
     [
         ("Answer: 42", "42"),
+        ("Answer:42", "42"),
+        ("Answer: 8. Why the answer isn't 9 is left out.", "8"),  # "isn't" is not "is"
         ("**Answer:** $7$", "7"),
         ("So the final answer is 1/2.", "1/2"),
         ("The answer is 3.5.", "3.5"),  # only the trailing period goes
