@@ -148,7 +148,7 @@ def keep_top(values: Sequence[float], keep_percent: float) -> np.ndarray:
         return np.zeros(0, dtype=bool)
     if not np.isfinite(v).all():
         raise ConfigError("keep_top got a NaN or infinite confidence: drop such traces first")
-    threshold = np.percentile(v, 100.0 - keep_percent)
+    threshold = np.percentile(v, 100.0 - keep_percent, method="linear")
     return v >= threshold  # (n,) bool
 
 
