@@ -1,0 +1,324 @@
+"""`deepconf serve` pieces: request -> config mapping, the chosen trace, usage, and the
+HTTP-level behaviour (size limit, error shapes, upstream failures, logs, progress pacing)
+against the real app on loopback in front of the scripted upstream server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from support.proxy_runner import TEST_DEFAULTS, ProxyServer
+from support.scripted_server import CONFIDENT, MODEL, UNCONFIDENT, Script, ScriptedServer
+
+from deepconf import proxy_protocol as wire
+from deepconf.confidence import TraceMetrics
+from deepconf.config import DeepConfConfig
+from deepconf.result import SolveResult, TokenTotals
+from deepconf.trace import TraceRecord, TraceStatus
+from deepconf.voting import VoteRow
+
+ASK = [{"role": "user", "content": "What is 3+4?"}]
+ANSWER = Script.from_text("The answer is \\boxed{7}.", delay=0.001)
+
+
+def chat(**body: object) -> wire.ChatCompletionRequest:
+    return wire.ChatCompletionRequest.model_validate({"model": "m", "messages": ASK, **body})
+
+
+# --- request -> config -------------------------------------------------------------------------
+
+
+def test_request_fields_override_server_defaults() -> None:
+    """Precedence: the request's own fields and deepconf object, then the server defaults,
+    then DeepConfConfig's; window/top_logprobs land in the confidence sub-config."""
+    defaults = DeepConfConfig(budget=32, warmup=8, tau=0.9, sampling={"temperature": 0.7})
+    req = chat(
+        temperature=0.2,
+        max_completion_tokens=99,
+        stop="END",
+        seed=3,
+        deepconf={"variant": "high", "window": 16, "top_logprobs": 5},
+    )
+    config = req.to_config(defaults)
+    assert (config.variant, config.budget, config.warmup, config.tau) == ("high", 32, 8, 0.9)
+    assert (config.confidence.window, config.confidence.top_logprobs) == (16, 5)
+    s = config.sampling
+    assert (s.temperature, s.max_tokens, s.stop, s.seed) == (0.2, 99, ["END"], 3)
+    assert s.top_p == defaults.sampling.top_p  # unset in the request: the server's
+
+
+def test_small_budget_shrinks_the_default_warmup_but_not_an_explicit_one() -> None:
+    """A request budget below the server's warm-up count lowers the warm-up to fit; an
+    explicit warm-up above the budget is a SettingsError naming deepconf."""
+    defaults = DeepConfConfig(budget=64, warmup=16)
+    assert chat(deepconf={"budget": 3}).to_config(defaults).warmup == 3
+    with pytest.raises(wire.SettingsError) as info:
+        chat(deepconf={"budget": 3, "warmup": 5}).to_config(defaults)
+    assert info.value.param == "deepconf"
+    with pytest.raises(wire.SettingsError) as info:
+        chat(deepconf={"window": 0}).to_config(defaults)
+    assert info.value.param == "deepconf.window"
+
+
+def test_unknown_deepconf_key_is_named_with_the_allowed_ones() -> None:
+    """A typo in the deepconf object is refused, and the message lists the valid keys."""
+    with pytest.raises(ValueError) as info:
+        chat(deepconf={"budgett": 4})
+    message, param = wire.request_error(info.value)
+    assert param == "deepconf.budgett"
+    assert "'deepconf.budgett'" in message and "budget" in message and "variant" in message
+
+
+def test_unknown_openai_fields_are_ignored_but_unsupported_ones_refused() -> None:
+    """Fields a client may send (user, metadata, logit_bias) pass; n>1 and tools do not."""
+    chat(user="u", metadata={"a": "b"}, logit_bias={"1": 2}, presence_penalty=0.1)
+    for bad in ({"n": 2}, {"tools": [{"type": "function"}]}):
+        with pytest.raises(ValueError):
+            chat(**bad)
+    with pytest.raises(ValueError):
+        wire.CompletionRequest.model_validate({"model": "m", "prompt": ["a", "b"]})
+    assert wire.CompletionRequest.model_validate({"model": "m", "prompt": ["a"]}).prompt == "a"
+
+
+# --- the chosen trace and usage ----------------------------------------------------------------
+
+
+def record(index: int, answer: str | None, lowest: float, status: str = "completed", tokens=10):
+    metrics = TraceMetrics(mean=lowest + 1, tail=lowest + 2, bottom=lowest, lowest=lowest)
+    return TraceRecord(
+        index=index,
+        phase="warmup",
+        status=TraceStatus(status),
+        tokens=tokens,
+        token_confs=np.zeros(tokens),
+        text=f"trace {index}",
+        answer=answer,
+        metrics=metrics,
+        finish_reason="stop",
+    )
+
+
+def result_of(traces: list[TraceRecord], answer: str | None) -> SolveResult:
+    return SolveResult(
+        answer=answer,
+        votes=[VoteRow(answer, 1, 1.0)] if answer else [],
+        beta=1.0,
+        threshold=None,
+        tokens=TokenTotals.of(traces),
+        wall_time=0.1,
+        traces=traces,
+        stop_reason="budget",
+        fallback=None,
+        methods={},
+        mode="online",
+        variant="low",
+    )
+
+
+def test_best_trace_is_the_most_confident_equivalent_winner() -> None:
+    """The chosen trace gives the winning answer up to equivalence (0.5 = 1/2), is the most
+    confident such trace, and never a pruned one or one with another answer."""
+    traces = [
+        record(0, "1/2", 5.0),
+        record(1, "3", 20.0),  # more confident, but another answer
+        record(2, "0.5", 9.0),  # the same answer, written differently
+        record(3, "1/2", 30.0, status="pruned"),  # pruned traces never represent the vote
+    ]
+    best = wire.best_trace(result_of(traces, "1/2"), "lowest")
+    assert best is not None and best.index == 2
+    # A slow reference: brute force over every trace with the definition written out.
+    eligible = [t for t in traces if t.finished and t.answer in ("1/2", "0.5")]
+    assert best is max(eligible, key=lambda t: t.metrics.lowest)
+
+
+def test_best_trace_fallbacks() -> None:
+    """No winner: the most confident finished trace; nothing finished: the longest trace;
+    no traces: None."""
+    traces = [record(0, None, 4.0), record(1, None, 6.0), record(2, None, 9.0, "pruned")]
+    assert wire.best_trace(result_of(traces, None), "lowest").index == 1
+    cut = [record(0, None, 4.0, "cancelled", 3), record(1, None, 1.0, "pruned", 8)]
+    assert wire.best_trace(result_of(cut, None), "lowest").index == 1
+    assert wire.best_trace(result_of([], None), "lowest") is None
+
+
+def test_usage_counts_every_trace() -> None:
+    """completion_tokens includes pruned and cancelled tokens; prompt tokens are charged
+    once per launched trace, and 0 when the upstream never said."""
+    traces = [record(0, "7", 5.0, tokens=10), record(1, None, 1.0, "pruned", 4)]
+    traces.append(record(2, None, 1.0, "cancelled", 2))
+    result = result_of(traces, "7")
+    assert wire.usage(result, 11) == {
+        "prompt_tokens": 33,
+        "completion_tokens": 16,
+        "total_tokens": 49,
+    }
+    assert wire.usage(result, None)["prompt_tokens"] == 0
+
+
+def test_ranking_metric_follows_the_vote() -> None:
+    """Online weighs by the lowest group; offline by its method's metric."""
+    assert wire.ranking_metric(DeepConfConfig()) == "lowest"
+    offline = DeepConfConfig(mode="offline", offline_method="tail@10")
+    assert wire.ranking_metric(offline) == "tail"
+    majority = DeepConfConfig(mode="offline", offline_method="majority")
+    assert wire.ranking_metric(majority) == "mean"
+
+
+# --- HTTP behaviour ----------------------------------------------------------------------------
+
+
+def test_http_errors_have_the_openai_shape() -> None:
+    """Oversized bodies (declared or streamed) get 413, bad JSON 400, unknown routes 404,
+    all as {"error": {message, type, param, code}}; /health needs no key."""
+    with (
+        ScriptedServer(default=ANSWER) as up,
+        ProxyServer(up.base_url, max_body_bytes=2000) as px,
+        httpx.Client(base_url=px.root) as http,
+    ):
+        big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 3000}]}
+        r = http.post("/v1/chat/completions", json=big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+        def chunks():  # no Content-Length: the limit applies while reading
+            yield b'{"model": "m", "messages": ['
+            yield b'{"role": "user", "content": "' + b"y" * 3000 + b'"}]}'
+
+        r = http.post("/v1/chat/completions", content=chunks())
+        assert r.status_code == 413
+        r = http.post("/v1/chat/completions", content=b"{not json")
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+        r = http.post("/v1/chat/completions", json=[1, 2])
+        assert r.status_code == 400
+        r = http.post("/v1/chat/completions", json={"messages": ASK})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+        r = http.get("/v1/nope")
+        assert r.status_code == 404
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        assert http.get("/health").json()["status"] == "ok"
+    assert up.streams == []
+
+
+def test_health_is_open_and_v1_is_guarded() -> None:
+    """With a key set, /health still answers without one (for load balancers)."""
+    with ScriptedServer() as up, ProxyServer(up.base_url, api_key="k1") as px:
+        assert httpx.get(px.root + "/health").status_code == 200
+        r = httpx.get(px.base_url + "/models")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.get(px.base_url + "/models", headers={"Authorization": "Bearer k1"})
+        assert r.status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_upstream_is_a_502_that_says_so() -> None:
+    """Nothing listens upstream: the client gets a 502 naming the upstream, not a hang."""
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    with ProxyServer(dead) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as info:
+            c.chat.completions.create(model=MODEL, messages=ASK)
+        assert info.value.status_code == 502
+        assert "127.0.0.1" in info.value.message
+        with pytest.raises(openai.InternalServerError):
+            c.models.list()
+
+
+def test_upstream_rejection_is_a_400_with_its_reason() -> None:
+    """An upstream 4xx (e.g. unknown model) comes back as 400 quoting the upstream."""
+    with ScriptedServer(default=ANSWER) as up, ProxyServer(up.base_url) as px:
+        up.fail_next(404, message="model 'nope' does not exist")
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            c.chat.completions.create(model="nope", messages=ASK)
+        assert "does not exist" in info.value.message
+        assert info.value.code == "upstream_rejected"
+        # the failed backend was not kept: the next request opens a fresh one and works
+        r = c.chat.completions.create(model=MODEL, messages=ASK)
+        assert r.model_extra["deepconf"]["answer"] == "7"
+
+
+def test_a_solve_that_fails_mid_stream_ends_with_an_error_event() -> None:
+    """Every trace breaking upstream: the stream that already started ends with an
+    OpenAI-style error object, which the openai client raises."""
+    broken = Script.from_text("one two three four \\boxed{7}", error_after=2, delay=0.001)
+    choose = lambda n, body: broken if "seed" in body else None  # noqa: E731
+    with ScriptedServer(default=ANSWER, choose=choose) as up, ProxyServer(up.base_url) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        stream = c.chat.completions.create(
+            model=MODEL, messages=ASK, seed=0, stream=True, extra_body={"deepconf": {"budget": 2}}
+        )
+        with pytest.raises(openai.APIError) as info:
+            list(stream)
+        assert "failed" in info.value.message
+        lines = px.wait_log(lambda d: d["outcome"] == "error")
+    assert json.loads(lines[-1])["status"] == 200  # the headers had gone out already
+
+
+def test_pruned_traces_count_in_usage_and_the_log_line() -> None:
+    """Online run with pruning: the pruned traces appear in the summary, their tokens in
+    usage, and the request's one JSON log line has id, traces, pruned, tokens, time."""
+    long_unsure = Script.from_text(" ".join(["hmm"] * 30) + " \\boxed{9}", top=UNCONFIDENT)
+    by_seed = {
+        0: Script.from_text("so \\boxed{7}", top=CONFIDENT),
+        1: Script.from_text("so \\boxed{8}", top=CONFIDENT),  # split vote: no early consensus
+        2: long_unsure,
+        3: long_unsure,
+    }
+    with ScriptedServer(default=ANSWER, by_seed=by_seed) as up, ProxyServer(up.base_url) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        r = c.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            seed=0,
+            extra_body={"deepconf": {"budget": 4, "warmup": 2, "variant": "high"}},
+        )
+        lines = px.wait_log(lambda d: d.get("traces") == 4)
+    dc = r.model_extra["deepconf"]
+    statuses = [t["status"] for t in dc["traces"]]
+    assert statuses == ["completed", "completed", "pruned", "pruned"]
+    pruned_tokens = sum(t["tokens"] for t in dc["traces"][2:])
+    assert 0 < pruned_tokens < 2 * 31  # cut short, yet counted
+    assert r.usage.completion_tokens == sum(t["tokens"] for t in dc["traces"])
+    log = json.loads(lines[-1])
+    assert {k: log[k] for k in ("status", "traces", "pruned")} == {
+        "status": 200,
+        "traces": 4,
+        "pruned": 2,
+    }
+    assert log["tokens"] == r.usage.completion_tokens and log["id"] == r.id and log["time"] > 0
+
+
+def test_progress_chunks_are_paced() -> None:
+    """Progress chunks go out at most once per progress interval, however fast the upstream
+    tokens come: over a run of T seconds there are at most T / interval + 1 of them."""
+    fast = Script.from_text(" ".join(["go"] * 60) + " \\boxed{7}", delay=0.004)
+    choose = lambda n, body: fast if "seed" in body else None  # noqa: E731
+    interval = 0.1
+    with (
+        ScriptedServer(default=ANSWER, choose=choose) as up,
+        ProxyServer(up.base_url, progress_interval=interval, defaults=TEST_DEFAULTS) as px,
+    ):
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        c.models.list()  # warm the connection
+        started = time.monotonic()
+        stream = c.chat.completions.create(
+            model=MODEL, messages=ASK, seed=0, stream=True, extra_body={"deepconf": {"budget": 2}}
+        )
+        events = [
+            ch.model_extra["deepconf"]["event"]
+            for ch in stream
+            if (ch.model_extra or {}).get("deepconf")
+        ]
+        elapsed = time.monotonic() - started
+    progress = events.count("progress")
+    assert progress >= 1 and events[-1] == "result"
+    assert progress <= elapsed / interval + 1
