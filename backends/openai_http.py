@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # Tokens the capability probe generates: a few, because a reasoning parser may strip the
 # logprobs of a token or two (vLLM #37737) and the judgement uses the median position.
 PROBE_TOKENS = 8
+# k open() probes for when the config names none: the paper's k.
+DEFAULT_PROBE_K = 20
 
 
 class HttpBackendConfig(StrictModel):
@@ -71,8 +73,12 @@ class HttpBackendConfig(StrictModel):
         None, gt=0, description="Cap on new requests per second (hosted APIs' rate limits)."
     )
     max_connections: int = Field(4096, ge=1, description="HTTP connection pool size.")
-    top_logprobs: int = Field(
-        20, ge=1, le=100, description="k the capability probe in open() checks."
+    top_logprobs: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="k that open() must confirm (else it raises). None: open() probes for 20"
+        " and each trace's k is checked against what came back before it is sent.",
     )
     backoff_base: float = Field(0.5, ge=0, description="First retry delay in seconds.")
     backoff_cap: float = Field(30.0, ge=0, description="Longest retry delay in seconds.")
@@ -164,7 +170,8 @@ class OpenAIHttpBackend:
         self._pool = EndpointPool(config.base_urls)
         self._client: httpx.AsyncClient | None = None
         self._throttler: Throttler | None = None
-        self._verified_k: set[int] = set()  # k values the probe has confirmed
+        self._ok_k = 0  # the largest k a probe confirmed at the typical position
+        self._cap: int | None = None  # the k a probe found the server stops at, when short
         self._lock: asyncio.Lock | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -185,8 +192,15 @@ class OpenAIHttpBackend:
             try:
                 if not self.model:
                     self.model = await self._discover_model()
-                await self._probe(cfg.top_logprobs)
-                self._verified_k.add(cfg.top_logprobs)
+                k = cfg.top_logprobs or DEFAULT_PROBE_K
+                try:
+                    await self._check_k(k)
+                except CapabilityError:
+                    if cfg.top_logprobs is not None or self._cap is None:
+                        raise  # k was asked for, or no usable logprobs at all
+                    # Nobody asked for 20 yet: traces asking for at most what came back run;
+                    # one asking for more fails at once with the same message.
+                    log.warning("%s", self._short_error(k))
             except BaseException:
                 await self.aclose()
                 raise
@@ -209,7 +223,7 @@ class OpenAIHttpBackend:
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
-        self._verified_k.clear()
+        self._ok_k, self._cap = 0, None
         if client is not None:
             await client.aclose()
 
@@ -236,21 +250,41 @@ class OpenAIHttpBackend:
 
     # --- capability probe --------------------------------------------------------------------
 
-    def _verified(self, k: int) -> bool:
-        # A server that returned k' >= k logprobs at the typical position can serve k.
-        return bool(self._verified_k) and k <= max(self._verified_k)
-
     async def _ensure_k(self, k: int) -> None:
-        if self._verified(k):
+        """Make sure the server returns k logprobs per token, probing once per larger k."""
+        if k <= self._ok_k:
             return
         assert self._lock is not None
         async with self._lock:
-            if not self._verified(k):
-                await self._probe(k)
-                self._verified_k.add(k)
+            await self._check_k(k)
 
-    async def _probe(self, k: int) -> None:
-        """One tiny streamed request; raise `CapabilityError` if the logprobs are unusable."""
+    async def _check_k(self, k: int) -> None:
+        if k <= self._ok_k:
+            return
+        if self._cap is not None and k > self._cap:
+            raise self._short_error(k)  # known short: no request needed
+        typical = await self._probe(k)
+        # A server that returned m logprobs at the typical position can serve any k <= m.
+        self._ok_k = max(self._ok_k, min(typical, k))
+        if typical < k:
+            self._cap = typical
+            raise self._short_error(k)
+
+    def _short_error(self, k: int) -> CapabilityError:
+        return CapabilityError(
+            f"{self._where} returned {self._cap} top logprobs per token, fewer than the {k}"
+            f" asked: on vLLM start the server with --max-logprobs {k} (its default is 20),"
+            f" or lower --top-logprobs to {self._cap}"
+        )
+
+    @property
+    def _where(self) -> str:
+        return f"{self.config.base_urls[0]} ({self.model}, {self._path})"
+
+    async def _probe(self, k: int) -> int:
+        """One tiny streamed request asking for k logprobs; return how many came back at the
+        typical (median) position. Raise `CapabilityError` if none came back or all are
+        placeholders."""
         prompt = (
             [{"role": "user", "content": "Say hello."}] if self.config.api == "chat" else "Hello"
         )
@@ -265,7 +299,7 @@ class OpenAIHttpBackend:
             async for batch in stream:
                 rows.append(batch.top_logprobs)
         lp = np.concatenate(rows) if rows else np.empty((0, k))  # (n, k)
-        where = f"{self.config.base_urls[0]} ({self.model}, /{self._path.lstrip('/')})"
+        where = self._where
         counts = (~np.isnan(lp)).sum(axis=1)  # (n,) entries per position
         if lp.shape[0] == 0 or counts.max() == 0:
             raise CapabilityError(
@@ -273,19 +307,13 @@ class OpenAIHttpBackend:
                 " Use a server that returns them (vLLM, SGLang, llama.cpp's server); OpenAI's"
                 " reasoning models and some hosted APIs return none"
             )
-        typical = int(np.median(counts))
-        if typical < k:
-            raise CapabilityError(
-                f"{where} returned {typical} top logprobs per token, fewer than the {k} asked:"
-                f" on vLLM start the server with --max-logprobs {k} (its default is 20), or"
-                f" lower --top-logprobs to {typical}"
-            )
         present = lp[~np.isnan(lp)]
         if np.all((present == 0.0) | (present <= -9999.0)):
             raise CapabilityError(
                 f"{where} returns placeholder logprobs (every value is 0 or -9999), so"
                 " confidence would be meaningless: use a server that returns real logprobs"
             )
+        return int(np.median(counts))
 
     # --- streaming ---------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 import orjson
-from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
+from deepconf.backends.openai_http import PROBE_TOKENS, HttpBackendConfig, OpenAIHttpBackend
 from deepconf.backends.sse import SSEDecoder, decode_payloads
 
 from deepconf.backend import TraceRequest
@@ -145,12 +145,18 @@ def run_parser(loads: Callable[[bytes], dict]) -> Callable[[list[bytes], int], S
 
 
 def _transport(pieces: list[bytes]) -> httpx.MockTransport:
-    async def body() -> AsyncIterator[bytes]:
-        for piece in pieces:
+    """Serves `pieces` to every request, except the backend's capability probe, which gets
+    a stream of its own few tokens (so the measured path parses the bytes once)."""
+    probe = split_events(vllm_chat_stream(PROBE_TOKENS, 1))
+
+    async def body(parts: list[bytes]) -> AsyncIterator[bytes]:
+        for piece in parts:
             yield piece
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+        parts = probe if json.loads(request.content).get("max_tokens") == PROBE_TOKENS else pieces
+        headers = {"content-type": "text/event-stream"}
+        return httpx.Response(200, headers=headers, content=body(parts))
 
     return httpx.MockTransport(handler)
 
@@ -158,7 +164,6 @@ def _transport(pieces: list[bytes]) -> httpx.MockTransport:
 async def run_backend(pieces: list[bytes], window: int) -> Sink:
     cfg = HttpBackendConfig(base_urls=["http://bench.invalid/v1"], model="m", top_logprobs=K)
     backend = OpenAIHttpBackend(cfg, transport=_transport(pieces))
-    backend._verified_k.add(K)  # the capability probe is not what is measured
     request = TraceRequest(0, "bench", SamplingConfig(), top_logprobs=K)
     sink = Sink(window)
     try:

@@ -382,3 +382,29 @@ async def test_deepconf_online_end_to_end(api):
     for t in result.traces:
         if t.status is TraceStatus.CANCELLED:
             assert server.wait_for(lambda t=t: by_seed[t.seed].disconnected)
+
+
+async def test_scripted_server_selects_by_request_number(scripted_server):
+    """`choose` sees the streamed-request count (probe = 0), so tests can script traces in
+    order; a seed listed in by_seed takes precedence."""
+    scripted_server.choose = lambda n, body: Script.from_text(f"reply {n}")
+    scripted_server.by_seed[9] = Script.from_text("seeded")
+    backend = backend_for(scripted_server)
+    texts = [joined(await collect(backend, request(seed=s)))[1] for s in (None, 9, None)]
+    await backend.aclose()
+    assert texts == ["reply 1", "seeded", "reply 3"]
+
+
+async def test_default_probe_defers_a_short_k_to_the_traces(scripted_server):
+    """With no k in the config, a server capped at 5 still opens; traces asking for 5 run,
+    and a trace asking for 20 fails at once, before any request, naming --max-logprobs."""
+    scripted_server.default = Script.from_text(TEXT, max_logprobs=5)
+    backend = backend_for(scripted_server)
+    await backend.open()
+    lp, _, _ = joined(await collect(backend, request(k=5)))
+    assert lp.shape[1] == 5 and not np.isnan(lp).any()
+    sent = len(scripted_server.requests)
+    with pytest.raises(CapabilityError, match="--max-logprobs 20"):
+        await collect(backend, request(k=20))
+    assert len(scripted_server.requests) == sent
+    await backend.aclose()

@@ -113,7 +113,9 @@ class ScriptedServer:
     """Start with `start()` or `with`; `base_url` ends in /v1.
 
     Script choice per streamed request, first match wins: `by_seed[body["seed"]]`, then
-    `choose(request_number, body)` (returning None passes), then `default`. Requests without
+    `choose(request_number, body)` (returning None passes; request_number counts the
+    streamed requests, 0-based, leaving out /v1/models and `fail_next` answers), then
+    `default`. Requests without
     a seed (the backend's capability probe) thus get `default` unless `choose` says otherwise.
     `max_tokens` is honoured: a longer script is cut and finishes with "length".
     """
@@ -133,6 +135,7 @@ class ScriptedServer:
         self.requests: list[dict[str, Any]] = []  # every request: path, headers, body, status
         self.streams: list[StreamRecord] = []
         self._failures: list[tuple[int, float | None, str]] = []
+        self._served = 0  # streamed requests so far: `choose` gets this as request_number
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -212,7 +215,6 @@ class ScriptedServer:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         body = json.loads(raw) if raw else {}
         with self._lock:
-            number = len(self.requests)
             self.requests.append({"path": path, "headers": headers, "body": body})
             failure = self._failures.pop(0) if self._failures and path != "/v1/models" else None
         if path == "/v1/models" and scope["method"] == "GET":
@@ -226,6 +228,8 @@ class ScriptedServer:
         chat = path == "/v1/chat/completions"
         if (chat and "messages" not in body) or (not chat and "prompt" not in body):
             return await _json(send, 400, {"error": {"message": "messages or prompt missing"}})
+        with self._lock:
+            number, self._served = self._served, self._served + 1
         script = self._script(number, body)
         await self._stream(send, receive, script, body, headers, path, chat)
 
