@@ -4,9 +4,14 @@ requested and which connections were closed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import subprocess
+import sys
 import time
 
+import httpx
 import openai
 import pytest
 from support.proxy_runner import ProxyServer
@@ -238,3 +243,40 @@ def test_plain_request_disconnect_closes_every_upstream_stream() -> None:
         assert up.wait_for(lambda: all(s.disconnected for s in traces_of(up)), timeout=5)
         assert len(traces_of(up)) == 2 and not any(s.finished for s in traces_of(up))
         assert px.wait_log(lambda d: d["outcome"] == "client_disconnected")
+
+
+def test_serve_command_runs_a_server_with_flag_defaults_and_json_logs() -> None:
+    """The `serve` command as a process: its DeepConf flags are the defaults a request gets
+    (--budget 3 -> 3 traces), --api-key guards it, and each request logs one JSON line."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runner = (
+        "import typer; from deepconf.serve_command import serve_command; typer.run(serve_command)"
+    )
+    with ScriptedServer(default=ANSWER) as up:
+        args = ["--upstream", up.base_url, "--port", str(port), "--api-key", "cli-key"]
+        args += ["--budget", "3", "--window", "2", "--concurrency", "3", "--seed", "10"]
+        proc = subprocess.Popen(
+            [sys.executable, "-c", runner, *args], stderr=subprocess.PIPE, text=True
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(base + "/health").status_code == 200:
+                        break
+                time.sleep(0.1)
+            c = openai.OpenAI(base_url=base + "/v1", api_key="cli-key", max_retries=0)
+            r = c.chat.completions.create(model=MODEL, messages=ASK)
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=base + "/v1", api_key="no", max_retries=0).models.list()
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=10)
+    assert len(r.model_extra["deepconf"]["traces"]) == 3
+    assert sorted(s.body["seed"] for s in traces_of(up)) == [10, 11, 12]
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [d["status"] for d in logged if d["endpoint"] == "/v1/chat/completions"] == [200]
+    assert logged[0]["id"] == r.id and logged[0]["traces"] == 3
