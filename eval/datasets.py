@@ -216,3 +216,24 @@ def _parquet(path: Path) -> Iterable[Any]:
         return pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises its own ArrowInvalid etc.
         raise DatasetError(f"cannot read Parquet dataset {path}: {exc}") from exc
+
+
+def load_answers(spec: str) -> dict[str, str]:
+    """Gold answers by problem id, for replay: an eval output folder (or its results.jsonl),
+    or any dataset spec `load_dataset` reads (the ids then match an eval run of that spec)."""
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "results.jsonl"
+        if not path.exists():
+            raise DatasetError(f"{spec} has no results.jsonl: pass an eval --output folder")
+    if path.name == "results.jsonl" and path.exists():
+        golds = {}
+        text = path.read_text(encoding="utf-8")
+        # A cut-off last line (a run killed mid-write) holds no finished problem.
+        lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
+        for line in filter(str.strip, lines):
+            row = json.loads(line)
+            if isinstance(row, dict) and "problem_id" in row and "gold" in row:
+                golds[str(row["problem_id"])] = str(row["gold"])
+        return golds
+    return {p.problem_id: p.answer for p in load_dataset(spec)}

@@ -99,7 +99,8 @@ def _tokens(n: float) -> str:
 
 
 def _row_cells(r: MethodSummary) -> list[str]:
-    saved = "—" if r.saved is None else f"{-r.saved:+.1%}"
+    # + 0.0 turns -0.0 into 0.0: the baseline itself shows +0.0%, not -0.0%.
+    saved = "—" if r.saved is None else f"{-r.saved + 0.0:+.1%}"
     return [
         r.method,
         f"{r.accuracy:.1%}",
@@ -125,7 +126,8 @@ HEADERS = (
 def rich_table(rows: Sequence[MethodSummary], title: str | None = None) -> Table:
     table = Table(title=title, show_edge=False)
     for i, h in enumerate(HEADERS):
-        table.add_column(h, justify="left" if i == 0 else "right")
+        # The method name never wraps: narrow terminals squeeze the number columns instead.
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for r in rows:
         table.add_row(*_row_cells(r))
     return table
