@@ -8,7 +8,8 @@ answer strings the voting step already extracted.
 
 math-verify's default timeouts use `signal.alarm`, which raises off the main thread; we
 pass `parsing_timeout=None` / `timeout_seconds=None` and bound the work ourselves by
-refusing to parse strings longer than MAX_PARSE_CHARS.
+refusing to parse answers the voting step deems too costly (long, or huge powers and
+factorials).
 
     grader = Grader()
     g = grader.grade("\\frac{1}{2}", "0.5")     # Grade(correct=True, status="correct")
@@ -17,22 +18,17 @@ refusing to parse strings longer than MAX_PARSE_CHARS.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from math_verify import parse, verify
 
-GradeStatus = Literal["correct", "wrong", "no_answer", "unparsed"]
+from deepconf.answers import normalise_answer, too_costly
 
-# Answers longer than this are not handed to math-verify's sympy parser, whose time is
-# unbounded once its timeout is off; they are compared as strings and flagged unparsed.
-MAX_PARSE_CHARS = 400
+GradeStatus = Literal["correct", "wrong", "no_answer", "unparsed"]
 
 # math-verify logs a warning on every call with timeouts disabled; we disable them on purpose.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
-
-_TEXT = re.compile(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,29 +43,34 @@ class Grade:
 
 
 def normalise(answer: str) -> str:
-    """The string fallback: drop $, \\text{} wrappers, spaces, a trailing period; lowercase."""
-    s = _TEXT.sub(r"\1", answer)
-    s = s.replace("$", "").replace("\\!", "").replace("\\,", "")
-    s = re.sub(r"\s+", "", s).rstrip(".")
-    return s.lower()
+    """The normal form answers are compared by when math-verify is not used: the voting
+    step's (whitespace, $, \\text{}, \\left/\\right, a trailing period, an `x =` prefix;
+    word answers case-folded)."""
+    return normalise_answer(answer)[0]
 
 
 class Grader:
-    """Grades answers; parses are cached by raw string (math-verify takes ~1 ms a parse)."""
+    """Grades answers; parses are cached by raw string (math-verify takes ~1 ms a parse).
+
+    Equal normal forms are correct without parsing. Answers that read as words ("east",
+    "yes") compare as case-folded strings, since math-verify reads them as products of
+    symbols ("hello" == "olleh"); that is a real comparison, not an unparsed fallback.
+    """
 
     def __init__(self) -> None:
         self._parsed: dict[str, list[Any]] = {}
 
-    def parsed(self, answer: str) -> list[Any]:
-        """math-verify's parse of an answer string ([] when it cannot read it)."""
-        cached = self._parsed.get(answer)
+    def parsed(self, norm: str) -> list[Any]:
+        """math-verify's parse of a normalised answer ([] when it cannot read it, or when
+        the answer is too costly to parse without a timeout)."""
+        cached = self._parsed.get(norm)
         if cached is not None:
             return cached
         result: list[Any] = []
-        if len(answer) <= MAX_PARSE_CHARS:
+        if not too_costly(norm):
             # Math mode first: a bare parse reads "2\\sqrt{2}" as 2. The bare string is a
             # second chance. A parse that holds only strings is math-verify giving up.
-            for candidate in (f"${answer}$", answer):
+            for candidate in (f"${norm}$", norm):
                 try:
                     result = parse(candidate, parsing_timeout=None)
                 except Exception:  # math-verify raises anything sympy raises
@@ -77,22 +78,24 @@ class Grader:
                 if any(not isinstance(x, str) for x in result):
                     break
                 result = []
-        self._parsed[answer] = result
+        self._parsed[norm] = result
         return result
 
     def grade(self, predicted: str | None, gold: str) -> Grade:
         if predicted is None or not predicted.strip():
             return Grade(False, "no_answer")
-        p, g = self.parsed(predicted), self.parsed(gold)
+        (p_norm, p_text), (g_norm, g_text) = normalise_answer(predicted), normalise_answer(gold)
+        if p_norm == g_norm:
+            return Grade(True, "correct")
+        if p_text or g_text:
+            return Grade(False, "wrong")
+        p, g = self.parsed(p_norm), self.parsed(g_norm)
         if p and g:
             try:
                 ok = bool(verify(g, p, timeout_seconds=None))
-            except Exception:
+            except Exception:  # a sympy failure on a comparison: fall back like a parse failure
                 ok = None
             if ok is not None:
-                # math-verify can miss plain string identity (e.g. a word answer it parsed
-                # oddly); identical normalised strings are always the same answer.
-                ok = ok or normalise(predicted) == normalise(gold)
                 return Grade(ok, "correct" if ok else "wrong")
         side = "both" if not p and not g else ("prediction" if not p else "gold")
-        return Grade(normalise(predicted) == normalise(gold), "unparsed", side)
+        return Grade(False, "unparsed", side or "both")
