@@ -240,10 +240,13 @@ class OpenAIHttpBackend:
             if response.status_code != 200:
                 errors.append(str(_status_error(response, url)))
                 continue
-            data = response.json().get("data") or []
-            if data and data[0].get("id"):
-                return str(data[0]["id"])
-            errors.append(f"{url}/models lists no models")
+            try:
+                model = response.json()["data"][0]["id"]
+            except (ValueError, LookupError, TypeError):
+                model = None  # not JSON, not the OpenAI list shape, or an empty list
+            if isinstance(model, str) and model:
+                return model
+            errors.append(f"{url}/models lists no model: {response.text[:200]!r}")
         raise ConfigError(
             "could not discover the model name (" + "; ".join(errors) + "): pass --model"
         )

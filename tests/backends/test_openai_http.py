@@ -408,3 +408,21 @@ async def test_default_probe_defers_a_short_k_to_the_traces(scripted_server):
         await collect(backend, request(k=20))
     assert len(scripted_server.requests) == sent
     await backend.aclose()
+
+
+async def test_model_discovery_failure_says_pass_model():
+    """A server whose /v1/models is unusable fails open() with a ConfigError saying --model."""
+    # The server lists {"id": ""}: no usable name.
+    with ScriptedServer(model="") as server, pytest.raises(ConfigError, match="pass --model"):
+        await backend_for(server).open()
+
+
+def test_stream_benchmark_paths_agree():
+    """The throughput benchmark's paths (msgspec, the backend over httpx, orjson, json, the
+    openai SDK) count the same tokens and reach the same lowest group confidence on the same
+    bytes, so its figures compare like with like (bench() asserts both)."""
+    from deepconf.eval.bench_stream import bench
+
+    rows = bench(n_tokens=60, per_chunk=3, window=16, repeats=1)
+    assert len(rows) == 6 and all(r.tokens_per_s > 0 for r in rows)
+    assert len({round(r.lowest, 9) for r in rows}) == 1
