@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,10 +165,14 @@ class _Tally:
         return best[2], (best[0] / total if total > 0 else 0.0)
 
 
+# Finds where trace i is pruned under threshold s (None: never), or None when s is None.
+PruneFinder = Callable[[PreparedPool, int, "float | None"], "int | None"]
+
+
 def simulate_order(pool: PreparedPool, order: Sequence[int], params: OnlineParams) -> OnlineOutcome:
     """Online DeepConf over the traces of `order`, as the live controller runs it with
     concurrency 1 and one token per batch (fast path)."""
-    return _simulate(pool, order, params, _fast_end)
+    return _OnlineRun(pool, params, _fast_prune).run(order)
 
 
 def simulate_order_reference(
@@ -186,87 +190,100 @@ def simulate_order_reference(
                 return pos
         return None
 
-    return _simulate(pool, order, params, walk)
+    return _OnlineRun(pool, params, walk).run(order)
 
 
-def _fast_end(pool: PreparedPool, i: int, threshold: float | None) -> int | None:
+def _fast_prune(pool: PreparedPool, i: int, threshold: float | None) -> int | None:
     return None if threshold is None else pool.prune_at(i, threshold)
 
 
-def _simulate(pool: PreparedPool, order: Sequence[int], params: OnlineParams, prune) -> Any:
-    tally, voters_seen = _Tally(), False
-    finished: list[int] = []  # traces that ran to their end, launch order
-    state = {"tokens": 0, "stop": None}
+class _OnlineRun:
+    """One simulated online solve: the controller's SolveRun, minus the streaming."""
 
-    def run(i: int, threshold: float | None) -> str:
-        """One trace; returns how it ended: finished | pruned | cancelled."""
-        n = int(pool.tokens[i])
-        pruned = prune(pool, i, threshold)
-        end = pruned if pruned is not None else n
-        budget = params.token_budget
-        if budget is not None and state["stop"] is None:
-            q = max(1, budget - state["tokens"])  # token at which the total reaches it
-            if q < end:
-                state["tokens"] += q
-                state["stop"] = "token_budget"
-                return "cancelled"
-            if q == end and pruned is None:  # the budget is met on the trace's last token
-                state["stop"] = "token_budget"
-        state["tokens"] += end
-        return "pruned" if pruned is not None else "finished"
+    def __init__(self, pool: PreparedPool, params: OnlineParams, prune: PruneFinder) -> None:
+        self.pool, self.params, self.prune = pool, params, prune
+        self.tally = _Tally()
+        self.voted = False
+        self.finished: list[int] = []  # traces that ran to their end, in launch order
+        self.tokens = 0
+        self.launched = 0
+        self.stop: str | None = None
 
-    def votes(i: int, s: float) -> bool:
-        m = pool.metrics[i]
-        return pool.answers[i] is not None and m is not None and m.lowest >= s
-
-    # 1. Warm-up: the first W traces run to completion.
-    launched = 0
-    warm: list[int] = []
-    for i in order[: params.warmup]:
-        launched += 1
-        if run(i, None) == "finished":
-            finished.append(i)
-            if pool.metrics[i] is not None:
+    def run(self, order: Sequence[int]) -> OnlineOutcome:
+        p, pool = self.params, self.pool
+        # 1. Warm-up: the first W traces run to completion (unless the token budget ends it).
+        warm = []
+        for i in order[: p.warmup]:
+            if self._trace(i, None) == "finished" and pool.metrics[i] is not None:
                 warm.append(i)
-        if state["stop"] is not None:
-            break
-    threshold = None
-    answer: str | None = None
-    if warm:
-        # 2. Threshold; 3. seed the vote.
-        lowest = np.array([pool.metrics[i].lowest for i in warm])  # type: ignore[union-attr]
-        threshold = float(np.percentile(lowest, 100.0 - params.eta))
-        for i in warm:
-            if votes(i, threshold):
-                tally.add(int(pool.classes[i]), pool.metrics[i].lowest, pool.answers[i])  # type: ignore[union-attr,arg-type]
-                voters_seen = True
-        answer, beta = tally.leader()
-        if state["stop"] is None and beta >= params.tau:
-            state["stop"] = "consensus"
-        # 4. Online: trace after trace, pruned below s, until consensus or a budget.
-        for i in order[launched : params.budget]:
-            if state["stop"] is not None:
+            if self.stop is not None:
                 break
-            launched += 1
-            if run(i, threshold) == "finished":
-                finished.append(i)
-                if votes(i, threshold):
-                    tally.add(int(pool.classes[i]), pool.metrics[i].lowest, pool.answers[i])  # type: ignore[union-attr,arg-type]
-                    voters_seen = True
-                    answer, beta = tally.leader()
-                    if state["stop"] is None and beta >= params.tau:
-                        state["stop"] = "consensus"
-    if not voters_seen:
-        answer = _majority(pool, finished)
-    stop = state["stop"] or "budget"
-    return OnlineOutcome(answer, int(state["tokens"]), launched, threshold, stop)
+        threshold = None
+        if warm:
+            # 2. Threshold from the warm-up's lowest-group confidences.
+            lowest = np.array([self._lowest(i) for i in warm])
+            threshold = float(np.percentile(lowest, 100.0 - p.eta))
+            # 3. Seed the vote with the warm-up traces that pass it.
+            for i in warm:
+                self._vote(i, threshold, check=False)
+            self._check_consensus()
+            # 4. Trace after trace, pruned below s, until consensus or a budget.
+            for i in order[self.launched : p.budget]:
+                if self.stop is not None:
+                    break
+                if self._trace(i, threshold) == "finished":
+                    self._vote(i, threshold, check=True)
+        # 5. An empty vote falls back to plain majority over the traces that ran to the end.
+        answer = self.tally.leader()[0] if self.voted else _majority(pool, self.finished)
+        return OnlineOutcome(answer, self.tokens, self.launched, threshold, self.stop or "budget")
+
+    def _trace(self, i: int, threshold: float | None) -> str:
+        """Run trace i; how it ended: finished | pruned | cancelled. The token budget is
+        checked on every token that did not prune the trace (the controller's order)."""
+        self.launched += 1
+        pruned = self.prune(self.pool, i, threshold)
+        end = pruned if pruned is not None else int(self.pool.tokens[i])
+        budget = self.params.token_budget
+        if budget is not None and self.stop is None:
+            reach = max(1, budget - self.tokens)  # the trace's token that meets the budget
+            if reach < end:
+                self.tokens += reach
+                self.stop = "token_budget"
+                return "cancelled"
+            if reach == end and pruned is None:  # met on the last token: the trace ends
+                self.stop = "token_budget"
+        self.tokens += end
+        if pruned is not None:
+            return "pruned"
+        self.finished.append(i)
+        return "finished"
+
+    def _lowest(self, i: int) -> float:
+        m = self.pool.metrics[i]
+        assert m is not None
+        return m.lowest
+
+    def _vote(self, i: int, threshold: float, *, check: bool) -> None:
+        """A trace that ran to its end votes if it has an answer and passes the threshold."""
+        answer = self.pool.answers[i]
+        if answer is None or self.pool.metrics[i] is None or self._lowest(i) < threshold:
+            return
+        self.tally.add(int(self.pool.classes[i]), self._lowest(i), answer)
+        self.voted = True
+        if check:
+            self._check_consensus()
+
+    def _check_consensus(self) -> None:
+        if self.stop is None and self.voted and self.tally.leader()[1] >= self.params.tau:
+            self.stop = "consensus"
 
 
 def _majority(pool: PreparedPool, indices: Iterable[int]) -> str | None:
     tally = _Tally()
     for i in indices:
-        if pool.classes[i] >= 0:
-            tally.add(int(pool.classes[i]), 1.0, pool.answers[i])  # type: ignore[arg-type]
+        answer = pool.answers[i]
+        if answer is not None:
+            tally.add(int(pool.classes[i]), 1.0, answer)
     return tally.leader()[0]
 
 
