@@ -40,10 +40,11 @@ raises it as APIError).
 
 Operation: a bearer key (--api-key) guards every /v1 route (401); bodies over the size
 limit get 413; bad parameters 400 naming the parameter, all in OpenAI's error shape
-({"error": {"message", "type", "param", "code"}}). Past `max_concurrent_solves` running
-solves a request gets 429 with Retry-After. A client that disconnects cancels its solve,
-which closes every upstream stream it opened. Each request logs one JSON line on the
-"deepconf.serve" logger: id, endpoint, status, outcome, traces, pruned, tokens, time.
+({"error": {"message", "type", "param", "code"}}); a budget over --max-budget is a 400
+too. Past `max_concurrent_solves` running solves a request gets 429 with Retry-After. A
+client that disconnects cancels its solve, which closes every upstream stream it opened.
+Each request logs one JSON line on the "deepconf.serve" logger: id, endpoint, status,
+outcome, traces, pruned, tokens, time.
 
     app = create_app(lambda model, api: OpenAIHttpBackend(...), upstreams=[url])
     uvicorn.run(app, port=8080)
@@ -97,6 +98,7 @@ class _Server:
         upstream_api_key: str | None,
         api_key: str | None,
         max_concurrent_solves: int,
+        max_budget: int,
         max_body_bytes: int,
         progress_interval: float,
         retry_after: int,
@@ -107,6 +109,7 @@ class _Server:
         self.upstream_api_key = upstream_api_key
         self.api_key = api_key
         self.max_concurrent_solves = max_concurrent_solves
+        self.max_budget = max_budget
         self.max_body_bytes = max_body_bytes
         self.progress_interval = progress_interval
         self.retry_after = retry_after
@@ -150,6 +153,13 @@ class _Server:
                 config = parsed.to_config(self.defaults)
             except wire.SettingsError as exc:
                 raise HttpError(400, str(exc), param=exc.param) from exc
+            if config.budget > self.max_budget:
+                raise HttpError(
+                    400,
+                    f"deepconf.budget {config.budget} is over this server's limit of"
+                    f" {self.max_budget} traces per request (--max-budget)",
+                    param="deepconf.budget",
+                )
             if self.active >= self.max_concurrent_solves:
                 raise HttpError(
                     429,
@@ -314,6 +324,7 @@ def create_app(
     upstream_api_key: str | None = None,
     api_key: str | None = None,
     max_concurrent_solves: int = 8,
+    max_budget: int = 512,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     progress_interval: float = 0.25,
     retry_after: int = 1,
@@ -328,6 +339,7 @@ def create_app(
         upstream_api_key: the key sent to the upstreams for /models.
         api_key: when set, every /v1 request must carry ``Authorization: Bearer <api_key>``.
         max_concurrent_solves: solves running at once; past it, 429 with Retry-After.
+        max_budget: the most traces one request may ask for (deepconf.budget).
         max_body_bytes: the largest request body accepted (413 beyond).
         progress_interval: the least time between two streamed progress chunks, seconds.
         retry_after: the Retry-After seconds sent with a 429.
@@ -341,6 +353,7 @@ def create_app(
         upstream_api_key,
         api_key,
         max_concurrent_solves,
+        max(max_budget, (defaults or DeepConfConfig()).budget),
         max_body_bytes,
         progress_interval,
         retry_after,

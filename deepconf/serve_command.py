@@ -82,6 +82,10 @@ def serve_command(
             "--max-concurrent-solves", help="Solves run at once; more get 429 + Retry-After."
         ),
     ] = 8,
+    max_budget: Annotated[
+        int,
+        typer.Option("--max-budget", help="Most traces one request may ask for (deepconf.budget)."),
+    ] = 512,
     max_body_bytes: Annotated[
         int, typer.Option("--max-body-bytes", help="Largest request body accepted.")
     ] = 8 * 1024 * 1024,
@@ -139,6 +143,7 @@ def serve_command(
             upstream_api_key=upstream_key,
             api_key=api_key,
             max_concurrent_solves=max_concurrent_solves,
+            max_budget=max_budget,
             max_body_bytes=max_body_bytes,
         )
     except DeepConfError as exc:

@@ -203,6 +203,19 @@ def test_http_errors_have_the_openai_shape() -> None:
     assert up.streams == []
 
 
+def test_budget_over_the_server_limit_is_refused() -> None:
+    """A request may not ask for more traces than --max-budget: 400 naming deepconf.budget,
+    and nothing reaches the upstream."""
+    with ScriptedServer(default=ANSWER) as up, ProxyServer(up.base_url, max_budget=8) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            c.chat.completions.create(
+                model=MODEL, messages=ASK, extra_body={"deepconf": {"budget": 9}}
+            )
+        assert info.value.param == "deepconf.budget" and "--max-budget" in info.value.message
+        assert up.streams == []
+
+
 def test_health_is_open_and_v1_is_guarded() -> None:
     """With a key set, /health still answers without one (for load balancers)."""
     with ScriptedServer() as up, ProxyServer(up.base_url, api_key="k1") as px:
