@@ -35,6 +35,9 @@ Streaming extension (stream: true). Progress streams while the traces run:
 
 Progress chunks are standard chunks with an empty delta, so clients that ignore unknown
 fields just see nothing; /v1/completions streams the same with `text` in place of `delta`.
+In them `completed` counts traces that ran to their end (truncated ones included), `tokens`
+every token received so far, and a chunk goes out only when something changed. Usage comes,
+as OpenAI sends it, in a last chunk with empty `choices`.
 A failure after the stream started is sent as ``data: {"error": {...}}`` (the openai client
 raises it as APIError).
 
