@@ -191,7 +191,7 @@ def eval_command(
         str | None,
         typer.Option(
             "--prompt-template",
-            help="Prompt with {problem}; double literal braces, e.g. '\\boxed{{}}'.",
+            help="Prompt with {problem}; \\n is a newline; double literal braces: '\\boxed{{}}'.",
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N problems.")] = None,
@@ -219,14 +219,18 @@ def eval_command(
     system: System = None,
 ) -> None:
     """Evaluate methods on a dataset: accuracy, tokens and savings per method (paper Table 10)."""
-    from deepconf.eval.datasets import load_dataset
+    from deepconf.eval.datasets import load_dataset, template_from_cli
     from deepconf.eval.runner import check_manifest, manifest_of, parse_methods, scores_of
 
     console = Console(stderr=True)
     try:
+        if prompt_template is not None:
+            prompt_template = template_from_cli(prompt_template)
         problems = load_dataset(dataset, prompt_template)
         if limit is not None:
-            problems = problems[: max(limit, 0)]
+            if limit < 1:
+                raise ConfigError(f"--limit must be at least 1, got {limit}")
+            problems = problems[:limit]
         chosen = parse_methods(methods)
         backend = backend_from_flags(base_url, model, api, api_key, rps, timeout)
         config = config_from_flags(

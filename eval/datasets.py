@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,20 @@ def load_dataset(spec: str, prompt_template: str | None = None) -> list[EvalProb
             )
         seen.add(p.problem_id)
     return problems
+
+
+# LaTeX commands that begin with "n": a "\\n" that starts one of these is not a newline.
+_LATEX_N = re.compile(
+    r"\\n(?!(?:eq|e|u|abla|eg|ot|otin|ewline|i|mid|atural|leq|geq|exists|cong|subseteq"
+    r"|supseteq|parallel|ewcommand)(?![A-Za-z]))"
+)
+
+
+def template_from_cli(text: str) -> str:
+    """A template typed on the command line: the two characters "\\n" become a newline (a
+    shell's double quotes keep them literal), except where they begin a LaTeX command such
+    as \\neq or \\nu."""
+    return _LATEX_N.sub("\n", text)
 
 
 def _format(p: EvalProblem, template: str | None) -> EvalProblem:

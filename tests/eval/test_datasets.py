@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from deepconf.eval import task_chain
-from deepconf.eval.datasets import load_answers, load_dataset, parse_builtin
+from deepconf.eval.datasets import load_answers, load_dataset, parse_builtin, template_from_cli
 
 from deepconf.errors import DatasetError
 
@@ -142,3 +142,12 @@ def test_answers_come_from_results_or_a_dataset(tmp_path: Path) -> None:
     assert load_answers(str(tmp_path)) == {"a": "2"}
     path = write(tmp_path / "d.jsonl", ROWS)
     assert load_answers(str(path)) == {"a": "2", "b": "4", "c": "6"}
+
+
+def test_cli_template_newlines_but_not_latex() -> None:
+    """A typed \\n becomes a newline; \\neq and \\nu (LaTeX) stay as they are."""
+    typed = "{problem}\\nPut the final answer in \\boxed{{}}; use \\neq and \\nu."
+    assert template_from_cli(typed) == (
+        "{problem}\nPut the final answer in \\boxed{{}}; use \\neq and \\nu."
+    )
+    assert template_from_cli("a\\nnote") == "a\nnote"
