@@ -199,7 +199,9 @@ def solve(
     console = Console()
     try:
         text = _read_prompt(prompt, file)
-        backend = backend_from_flags(base_url, model, api, api_key, rps, timeout)
+        backend = backend_from_flags(
+            base_url, model, api, api_key, rps, timeout, top_logprobs=top_logprobs
+        )
         config = config_from_flags(
             defaults=backend_defaults(backend),
             mode=mode,

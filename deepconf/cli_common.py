@@ -119,8 +119,12 @@ def backend_from_flags(
     api_key: str | None = None,
     rps: float | None = None,
     timeout: float = 600.0,
+    top_logprobs: int | None = None,
 ) -> Backend:
-    """The HTTP backend when base URLs are given, else the bundled in-process model."""
+    """The HTTP backend when base URLs are given, else the bundled in-process model.
+
+    `top_logprobs` is k: the HTTP backend's probe then fails at open() when the server
+    returns fewer, instead of every trace failing one by one."""
     if not base_url:
         from deepconf.backends.bundled import BundledBackend
 
@@ -137,6 +141,7 @@ def backend_from_flags(
             api_key=api_key or os.environ.get("OPENAI_API_KEY"),
             requests_per_second=rps,
             read_timeout=timeout,
+            top_logprobs=top_logprobs or DeepConfConfig().confidence.top_logprobs,
         )
     except ValueError as exc:
         raise ConfigError(_pydantic_message(exc)) from exc
