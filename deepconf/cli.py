@@ -51,6 +51,8 @@ from deepconf.cli_common import (
     config_from_flags,
 )
 from deepconf.errors import ConfigError, DeepConfError
+from deepconf.eval.commands import eval_command, plot_command, replay_command
+from deepconf.serve_command import serve_command
 
 app = typer.Typer(
     name="deepconf",
@@ -258,5 +260,8 @@ def serve_model(
         raise _fail(str(exc)) from None
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+# Commands that live beside what they drive; registered here, the one composition root.
+app.command("serve")(serve_command)
+app.command("eval")(eval_command)
+app.command("replay")(replay_command)
+app.command("plot")(plot_command)
