@@ -1,0 +1,92 @@
+"""RMSNorm and the grouped, gated RMSNorm of the Mamba2 mixer (Falcon-H1 flavour).
+
+Not here: the learned weights' layout (the model passes them in). The weight multiplies
+directly (no ``1 + w`` offset), and the mean of squares is taken over the last axis.
+
+    y = rms_norm(x, w, eps=1e-5)
+    y = gated_rms_norm(y, z, w, groups=2, eps=1e-5, norm_before_gate=False)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x), written as x / (1 + exp(-x)); exp overflow to inf gives the right 0."""
+    with np.errstate(over="ignore"):
+        return x / (1.0 + np.exp(-x))
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm over the last axis.
+
+    Arguments: x (..., e), w (e,). Returns (..., e): w * x / sqrt(mean(x**2) + eps).
+    """
+    ms = np.mean(np.square(x), axis=-1, keepdims=True)  # (..., 1)
+    return x * (1.0 / np.sqrt(ms + eps)) * w
+
+
+def rms_norm_reference(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """Row-by-row RMSNorm with plain Python sums (the slow reference for tests)."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = np.empty_like(flat)
+    for i, row in enumerate(flat):
+        ms = sum(float(v) * float(v) for v in row) / len(row)
+        out[i] = [w[j] * row[j] / np.sqrt(ms + eps) for j in range(len(row))]
+    return out.reshape(x.shape)
+
+
+def gated_rms_norm(
+    y: np.ndarray,
+    z: np.ndarray,
+    w: np.ndarray,
+    *,
+    groups: int,
+    eps: float,
+    norm_before_gate: bool,
+) -> np.ndarray:
+    """The Mamba2 output gate with a grouped RMSNorm.
+
+    Arguments: y (..., e) the SSM output, z (..., e) the gate branch, w (e,), ``groups``
+    dividing e. The norm is taken separately over each of the ``groups`` contiguous blocks of
+    e/groups channels.
+    ``norm_before_gate=False`` (real checkpoints): norm(y * silu(z)) * w.
+    ``norm_before_gate=True``: norm(y) * w * silu(z).
+    Returns (..., e).
+    """
+    if not norm_before_gate:
+        y = y * silu(z)
+    shape = y.shape
+    yg = y.reshape(*shape[:-1], groups, shape[-1] // groups)  # (..., g, e/g)
+    ms = np.mean(np.square(yg), axis=-1, keepdims=True)  # (..., g, 1)
+    out = (yg * (1.0 / np.sqrt(ms + eps))).reshape(shape) * w  # (..., e)
+    if norm_before_gate:
+        out = out * silu(z)
+    return out
+
+
+def gated_rms_norm_reference(
+    y: np.ndarray,
+    z: np.ndarray,
+    w: np.ndarray,
+    *,
+    groups: int,
+    eps: float,
+    norm_before_gate: bool,
+) -> np.ndarray:
+    """Loop over rows and groups; the slow reference of ``gated_rms_norm``."""
+    e = y.shape[-1]
+    size = e // groups
+    fy, fz = y.reshape(-1, e), z.reshape(-1, e)
+    out = np.empty_like(fy)
+    for i in range(fy.shape[0]):
+        gate = [float(v) / (1.0 + np.exp(-float(v))) for v in fz[i]]
+        row = [float(fy[i, j]) * (1.0 if norm_before_gate else gate[j]) for j in range(e)]
+        for g in range(groups):
+            block = row[g * size : (g + 1) * size]
+            scale = 1.0 / np.sqrt(sum(v * v for v in block) / size + eps)
+            for j in range(g * size, (g + 1) * size):
+                val = row[j] * scale * float(w[j])
+                out[i, j] = val * gate[j] if norm_before_gate else val
+    return out.reshape(y.shape)
