@@ -29,14 +29,17 @@ def top_k_logprobs(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"top_k_logprobs: k must be in 1..{v} (the vocabulary size), got {k}")
     logits = np.asarray(logits, dtype=np.float32)
     row_max = logits.max(axis=-1, keepdims=True)  # (b, 1)
-    log_z = row_max + np.log(np.exp(logits - row_max).sum(axis=-1, keepdims=True))  # (b, 1)
+    # Subtract the max before anything else: (top - max) - log(sum) keeps float32 digits that
+    # top - (max + log(sum)) would lose for logits far from zero.
+    log_sum = np.log(np.exp(logits - row_max).sum(axis=-1, keepdims=True))  # (b, 1)
     ids = (
         np.argpartition(-logits, k - 1, axis=-1)[:, :k] if k < v else np.tile(np.arange(v), (b, 1))
     )
     top = np.take_along_axis(logits, ids, axis=-1)  # (b, k)
     order = np.argsort(-top, axis=-1, kind="stable")  # (b, k)
     ids = np.take_along_axis(ids, order, axis=-1).astype(np.int64)
-    return ids, (np.take_along_axis(top, order, axis=-1) - log_z).astype(np.float32)
+    top = np.take_along_axis(top, order, axis=-1)  # (b, k)
+    return ids, ((top - row_max) - log_sum).astype(np.float32)
 
 
 def top_k_logprobs_reference(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

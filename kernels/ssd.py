@@ -156,18 +156,23 @@ def ssd_step(
     dt_bias: np.ndarray,
     D: np.ndarray,
     dt_limit: tuple[float, float] = INF_LIMIT,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One token of the recurrence for a batch of independent sequences.
 
     Arguments: state (b, h, p, n); x (b, h, p); dt_raw (b, h); B, C (b, g, n); A_log, dt_bias,
-    D (h,). Returns y (b, h, p) and the new state (b, h, p, n) (a new array; the input is kept).
+    D (h,); out (b, h, p, n) or None: where to write the new state (it may be ``state`` itself,
+    which saves the decode loop a 4-D copy per layer; by default a new array).
+    Returns y (b, h, p) and the new state (b, h, p, n).
     """
     h, g = x.shape[1], B.shape[1]
     dt, A = discretize(dt_raw, dt_bias, A_log, dt_limit)  # (b, h), (h,)
     dA = np.exp(dt * A)  # (b, h) in (0, 1]
-    Bh = np.repeat(B, h // g, axis=1)  # (b, h, n)
-    Ch = np.repeat(C, h // g, axis=1)  # (b, h, n)
-    new_state = state * dA[..., None, None] + (x * dt[..., None])[..., None] * Bh[:, :, None, :]
+    r = h // g
+    Bh = np.repeat(B, r, axis=1) if r > 1 else B  # (b, h, n)
+    Ch = np.repeat(C, r, axis=1) if r > 1 else C  # (b, h, n)
+    new_state = np.multiply(state, dA[..., None, None], out=out)  # (b, h, p, n)
+    new_state += (x * dt[..., None])[..., None] * Bh[:, :, None, :]
     y = np.matmul(new_state, Ch[..., None])[..., 0]  # (b, h, p)
     return y + x * D[:, None], new_state
 

@@ -246,7 +246,8 @@ def layer_step(
     Arguments: h (b, D); conv_state (b, K-1, conv_dim); ssm_state (b, H, P, N);
     ``write_kv(k, v) -> (keys, values, lengths)`` stores this token's k, v (b, nkv, hd) in the
     cache and returns each row's cached keys/values (b, nkv, s, hd) with lengths (b,);
-    cos, sin (b, hd) at each row's position. Returns h (b, D) and the new conv and SSM states.
+    cos, sin (b, hd) at each row's position. Returns h (b, D) and the new conv and SSM states;
+    the SSM state is updated in place (``ssm_state`` is returned).
     """
     b = h.shape[0]
     sp = _Split(cfg)
@@ -267,6 +268,7 @@ def layer_step(
         dt_bias=lw.dt_bias,
         D=lw.D,
         dt_limit=cfg.time_step_limit,
+        out=ssm_state,
     )  # (b, H, P)
     y = _gate(cfg, lw, y.reshape(b, d), proj[:, sp.z])  # (b, d_ssm)
 

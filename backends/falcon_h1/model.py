@@ -203,7 +203,8 @@ class FalconH1Model:
                 cfg, lw, h, cache.conv[i, rows], cache.ssm[i, rows], write_kv, cos, sin
             )
             cache.conv[i, rows] = conv
-            cache.ssm[i, rows] = ssm
+            if not isinstance(rows, slice):  # a gathered copy: scatter it back
+                cache.ssm[i, rows] = ssm
         cache.lengths[slots] = lengths
         return self._logits(h)
 
