@@ -187,10 +187,12 @@ def problems(difficulty: Difficulty, n: int, split: str = "test", start: int = 0
 def training_stream(difficulties: list[Difficulty], seed: int = 0) -> Iterator[Problem]:
     """An endless stream of training problems, difficulty drawn uniformly per problem."""
     rng = random.Random(f"{TASK_ID}/stream/{seed}")
-    s = SPLIT_SEEDS["train"].start + seed * 10_000_000
+    seeds = SPLIT_SEEDS["train"]
+    # Streams of different seeds start 10^7 problems apart (wrapping inside the range).
+    offset = (seed * 10_000_000) % len(seeds)
     while True:
-        yield make_problem(rng.choice(difficulties), s, "train")
-        s += 1
+        yield make_problem(rng.choice(difficulties), seeds[offset], "train")
+        offset = (offset + 1) % len(seeds)
 
 
 def prompt_text(problem: Problem | str) -> str:
