@@ -20,15 +20,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from deepconf.eval.report import (
-    MethodSummary,
-    Score,
-    markdown_table,
-    rich_table,
-    summarise,
-    unparsed_markdown,
-    unparsed_scores,
-)
 from rich.console import Console
 
 from deepconf.cli_common import (
@@ -55,6 +46,15 @@ from deepconf.cli_common import (
     config_from_flags,
 )
 from deepconf.errors import ConfigError, DeepConfError
+from deepconf.eval.report import (
+    MethodSummary,
+    Score,
+    markdown_table,
+    rich_table,
+    summarise,
+    unparsed_markdown,
+    unparsed_scores,
+)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -113,7 +113,6 @@ async def _eval_main(
     parallel: int,
     console: Console,
 ) -> list[dict[str, Any]]:
-    from deepconf.eval.runner import read_results, run_eval
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -122,6 +121,8 @@ async def _eval_main(
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    from deepconf.eval.runner import read_results, run_eval
 
     done = read_results(output / "results.jsonl")
     ids = {p.problem_id for p in problems}

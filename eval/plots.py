@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from deepconf.eval.report import MethodSummary
 
 from deepconf.confidence import group_confidences
 from deepconf.errors import ConfigError
+from deepconf.eval.report import MethodSummary
 from deepconf.trace import TraceRecord, TraceStatus
 
 
@@ -155,7 +155,6 @@ def draw_all(
     from deepconf.eval.grading import Grader
     from deepconf.eval.report import summarise
     from deepconf.eval.runner import read_results, scores_of
-
     from deepconf.trace import read_traces
 
     _pyplot()  # fail early, and clearly, without matplotlib

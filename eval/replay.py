@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from deepconf.eval.grading import Grade, Grader
-from deepconf.eval.report import Score
 
 from deepconf.confidence import GroupWindow, TraceMetrics, group_confidences, trace_metrics
 from deepconf.errors import ConfigError
+from deepconf.eval.grading import Grade, Grader
+from deepconf.eval.report import Score
 from deepconf.trace import TraceStatus, read_traces
 from deepconf.voting import AnswerKeys, method_vote
 

@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepconf.eval.datasets import EvalProblem
-from deepconf.eval.grading import Grader
-from deepconf.eval.report import Score
-
 from deepconf.backend import Backend, TokenBatch, TraceRequest
 from deepconf.config import DeepConfConfig
 from deepconf.errors import ConfigError
+from deepconf.eval.datasets import EvalProblem
+from deepconf.eval.grading import Grader
+from deepconf.eval.report import Score
 from deepconf.voting import OFFLINE_METHODS
 
 ONLINE_METHODS = ("online-low", "online-high")
