@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from deepconf.eval import task_chain
-from deepconf.eval.datasets import load_answers, load_dataset, parse_builtin, template_from_cli
 
 from deepconf.errors import DatasetError
+from deepconf.eval import task_chain
+from deepconf.eval.datasets import load_answers, load_dataset, parse_builtin, template_from_cli
 
 ROWS = [
     {"id": "a", "problem": "1+1", "answer": "2"},

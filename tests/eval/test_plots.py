@@ -8,10 +8,16 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import deepconf.eval.commands as commands
 import numpy as np
 import pytest
 import typer
+from support.fake_backend import FakeBackend, Script
+from typer.testing import CliRunner
+
+import deepconf.eval.commands as commands
+from deepconf.backend import TokenBatch, TraceRequest
+from deepconf.confidence import trace_metrics
+from deepconf.errors import ConfigError
 from deepconf.eval.plots import (
     draw_all,
     plot_accuracy_tokens,
@@ -19,12 +25,6 @@ from deepconf.eval.plots import (
     plot_trace_confidence,
 )
 from deepconf.eval.report import MethodSummary
-from support.fake_backend import FakeBackend, Script
-from typer.testing import CliRunner
-
-from deepconf.backend import TokenBatch, TraceRequest
-from deepconf.confidence import trace_metrics
-from deepconf.errors import ConfigError
 from deepconf.trace import TraceRecord, TraceStatus
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.fake_backend import FakeBackend, Script
+
+from deepconf.config import ConfidenceConfig, DeepConfConfig
+from deepconf.controller import DeepConf
+from deepconf.errors import ConfigError
 from deepconf.eval.replay import (
     OnlineParams,
     Pool,
@@ -24,11 +29,6 @@ from deepconf.eval.replay import (
     simulate_order,
     simulate_order_reference,
 )
-from support.fake_backend import FakeBackend, Script
-
-from deepconf.config import ConfidenceConfig, DeepConfConfig
-from deepconf.controller import DeepConf
-from deepconf.errors import ConfigError
 from deepconf.voting import method_vote
 
 WINDOW = 8

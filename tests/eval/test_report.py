@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+from rich.console import Console
+
 from deepconf.eval.report import (
     Score,
     markdown_table,
@@ -11,7 +13,6 @@ from deepconf.eval.report import (
     summarise,
     unparsed_markdown,
 )
-from rich.console import Console
 
 SCORES = [
     Score("majority@8", "p1", 1.0, 800, "4", "correct"),

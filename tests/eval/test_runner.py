@@ -15,6 +15,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from support.fake_backend import FakeBackend, Script
+
+from deepconf.backend import TokenBatch, TraceRequest
+from deepconf.config import ConfidenceConfig, DeepConfConfig
+from deepconf.errors import ConfigError
 from deepconf.eval.datasets import EvalProblem
 from deepconf.eval.replay import load_pools
 from deepconf.eval.runner import (
@@ -25,11 +30,6 @@ from deepconf.eval.runner import (
     scores_of,
     trace_file,
 )
-from support.fake_backend import FakeBackend, Script
-
-from deepconf.backend import TokenBatch, TraceRequest
-from deepconf.config import ConfidenceConfig, DeepConfConfig
-from deepconf.errors import ConfigError
 
 TESTS = Path(__file__).resolve().parents[1]
 
