@@ -173,3 +173,36 @@ def test_kill_9_mid_run_loses_only_problems_in_flight(tmp_path: Path) -> None:
         {f"q {r['problem_id'][1:]}" for r in kept}
     )
     assert len(final) == 6
+
+
+async def test_eval_smoke_on_the_bundled_engine(tmp_path: Path) -> None:
+    """The runner drives the real in-process engine (a tiny random Falcon-H1): built-in chain
+    problems, offline and online runs, every trace counted and saved, every grade given."""
+    from support.tiny_model import write_tiny_model
+
+    from deepconf.backends.bundled import BundledBackend
+    from deepconf.config import SamplingConfig
+    from deepconf.eval.datasets import load_dataset
+
+    backend = BundledBackend(write_tiny_model(tmp_path / "tiny"), max_batch=8)
+    config = DeepConfConfig(
+        budget=4,
+        warmup=2,
+        concurrency=4,
+        confidence=ConfidenceConfig(window=4, top_logprobs=5),
+        sampling=SamplingConfig(max_tokens=12, seed=0),
+    )
+    chain = load_dataset("chain:difficulty=s2d1,count=2")
+    try:
+        results = await run_eval(
+            backend, chain, config, ["pass@1", "majority", "online-low"], tmp_path / "out"
+        )
+    finally:
+        await backend.aclose()
+    assert len(results) == 2
+    scores = scores_of(results)
+    assert {s.method for s in scores} == {"pass@1", "majority@4", "deepconf-low"}
+    majority = [s for s in scores if s.method == "majority@4"]
+    assert all(0 < s.tokens <= 4 * 12 for s in majority)
+    pools = load_pools(sorted((tmp_path / "out" / "traces").glob("*.offline.jsonl")))
+    assert sorted(len(p) for p in pools.values()) == [4, 4]
