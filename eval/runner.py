@@ -325,9 +325,14 @@ async def run_eval(
             if on_result is not None:
                 on_result(line)
 
-        async with asyncio.TaskGroup() as tg:
-            for problem in todo:
-                tg.create_task(one(problem), name=f"problem-{problem.problem_id}")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for problem in todo:
+                    tg.create_task(one(problem), name=f"problem-{problem.problem_id}")
+        except BaseExceptionGroup as group:
+            # One problem's failure (a server that went away) cancels the others; raise it
+            # plainly so the CLI prints its message. Finished problems are already saved.
+            raise group.exceptions[0] from None
     return done
 
 

@@ -206,3 +206,19 @@ async def test_eval_smoke_on_the_bundled_engine(tmp_path: Path) -> None:
     assert all(0 < s.tokens <= 4 * 12 for s in majority)
     pools = load_pools(sorted((tmp_path / "out" / "traces").glob("*.offline.jsonl")))
     assert sorted(len(p) for p in pools.values()) == [4, 4]
+
+
+async def test_a_failing_problem_stops_the_run_with_its_own_error(tmp_path: Path) -> None:
+    """When every trace of a problem fails, the run stops with that BackendError (not an
+    exception group), and the problems finished before it stay saved for a resume."""
+    from deepconf.errors import BackendError
+
+    class Failing(PromptFake):
+        def stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
+            if str(request.prompt) == "q 1":
+                return self._stream(request.index, Script(n=5, fail_at=0))
+            return super().stream(request)
+
+    with pytest.raises(BackendError, match="failed in a row"):
+        await run_eval(Failing(), problems(3), CONFIG, ["majority"], tmp_path, parallel=1)
+    assert [r["problem_id"] for r in read_results(tmp_path / "results.jsonl")] == ["p0"]
