@@ -4,8 +4,11 @@ Not here: in_proj, the short conv and the output gate (the mixer does those). Bo
 the *raw* time step and apply the same discretisation: dt = clip(softplus(dt_raw + dt_bias),
 dt_limit), A = -exp(A_log) (one scalar per head), then per head h with group g(h) = h // (H/G):
 
-    S_h <- exp(dt_h A_h) S_h + dt_h * outer(x_h, B_g)       S_h (p, n)
-    y_h  = S_h @ C_g + D_h x_h
+    S_h <- exp(dt_h A_h) S_h + dt_h * outer(B_g, x_h)       S_h (n, p)
+    y_h  = C_g @ S_h + D_h x_h
+
+The state is stored (n, p), the transpose of the (p, n) that transformers keeps: the decode
+step's outer product then runs along the longer, contiguous p axis, about 2x faster in numpy.
 
 ``ssd_prefill`` computes the same thing for a whole sequence with the chunked algorithm of
 Dao & Gu, "Transformers are SSMs" (2024), §6 / ``ssd_minimal.py``, which turns the scan into
@@ -73,10 +76,10 @@ def ssd_chunked(
     """The chunked SSD scan on discretised inputs (no D skip).
 
     Arguments: x (b, t, h, p); dt (b, t, h) after softplus; A (h,) negative; B, C (b, t, g, n);
-    initial_state (b, h, p, n) or None for zeros. t need not be a multiple of chunk_size: the
+    initial_state (b, h, n, p) or None for zeros. t need not be a multiple of chunk_size: the
     tail is padded with zeros *after* discretisation (dt = 0, so decay 1 and no input), which
     leaves the final state unchanged.
-    Returns y (b, t, h, p) and the final state (b, h, p, n).
+    Returns y (b, t, h, p) and the final state (b, h, n, p).
     """
     b, t_len, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
@@ -103,20 +106,20 @@ def ssd_chunked(
 
     # 2. The state each chunk produces on its own (decayed to the chunk's end).
     decay_states = np.exp(a_cs[..., -1:] - a_cs)  # (b, h, c, l)
-    states = np.einsum("bclhn,bhcl,bclhp->bchpn", Bh, decay_states, xd, optimize=True)
+    states = np.einsum("bclhn,bhcl,bclhp->bchnp", Bh, decay_states, xd, optimize=True)
 
     # 3. Inter-chunk recurrence: the state entering each chunk, from the initial state on.
     if initial_state is None:
-        initial_state = np.zeros((b, h, p, n), dtype=x.dtype)
-    states = np.concatenate([initial_state[:, None], states], axis=1)  # (b, c+1, h, p, n)
+        initial_state = np.zeros((b, h, n, p), dtype=x.dtype)
+    states = np.concatenate([initial_state[:, None], states], axis=1)  # (b, c+1, h, n, p)
     chunk_totals = np.pad(a_cs[..., -1], [(0, 0), (0, 0), (1, 0)])  # (b, h, c+1)
     decay_chunk = np.exp(segsum(chunk_totals))  # (b, h, c+1, c+1)
-    new_states = np.einsum("bhzc,bchpn->bzhpn", decay_chunk, states, optimize=True)
-    states, final_state = new_states[:, :-1], new_states[:, -1]  # (b, c, h, p, n), (b, h, p, n)
+    new_states = np.einsum("bhzc,bchnp->bzhnp", decay_chunk, states, optimize=True)
+    states, final_state = new_states[:, :-1], new_states[:, -1]  # (b, c, h, n, p), (b, h, n, p)
 
     # 4. State -> output: each position reads the entering state, decayed to it.
     decay_out = np.exp(a_cs)  # (b, h, c, l)
-    y_off = np.einsum("bclhn,bchpn,bhcl->bclhp", Ch, states, decay_out, optimize=True)
+    y_off = np.einsum("bclhn,bchnp,bhcl->bclhp", Ch, states, decay_out, optimize=True)
 
     y = (y_diag + y_off).reshape(b, nc * q, h, p)[:, :t_len]  # (b, t, h, p)
     return y.astype(x.dtype, copy=False), final_state.astype(x.dtype, copy=False)
@@ -138,7 +141,7 @@ def ssd_prefill(
     """Discretise, run the chunked scan and add the D skip.
 
     Arguments: x (b, t, h, p); dt_raw (b, t, h); B, C (b, t, g, n); A_log, dt_bias, D (h,);
-    initial_state (b, h, p, n) or None. Returns y (b, t, h, p) and the final state (b, h, p, n).
+    initial_state (b, h, n, p) or None. Returns y (b, t, h, p) and the final state (b, h, n, p).
     """
     dt, A = discretize(dt_raw, dt_bias, A_log, dt_limit)
     y, state = ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, initial_state=initial_state)
@@ -160,10 +163,10 @@ def ssd_step(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One token of the recurrence for a batch of independent sequences.
 
-    Arguments: state (b, h, p, n); x (b, h, p); dt_raw (b, h); B, C (b, g, n); A_log, dt_bias,
-    D (h,); out (b, h, p, n) or None: where to write the new state (it may be ``state`` itself,
+    Arguments: state (b, h, n, p); x (b, h, p); dt_raw (b, h); B, C (b, g, n); A_log, dt_bias,
+    D (h,); out (b, h, n, p) or None: where to write the new state (it may be ``state`` itself,
     which saves the decode loop a 4-D copy per layer; by default a new array).
-    Returns y (b, h, p) and the new state (b, h, p, n).
+    Returns y (b, h, p) and the new state (b, h, n, p).
     """
     h, g = x.shape[1], B.shape[1]
     dt, A = discretize(dt_raw, dt_bias, A_log, dt_limit)  # (b, h), (h,)
@@ -171,9 +174,9 @@ def ssd_step(
     r = h // g
     Bh = np.repeat(B, r, axis=1) if r > 1 else B  # (b, h, n)
     Ch = np.repeat(C, r, axis=1) if r > 1 else C  # (b, h, n)
-    new_state = np.multiply(state, dA[..., None, None], out=out)  # (b, h, p, n)
-    new_state += (x * dt[..., None])[..., None] * Bh[:, :, None, :]
-    y = np.matmul(new_state, Ch[..., None])[..., 0]  # (b, h, p)
+    new_state = np.multiply(state, dA[..., None, None], out=out)  # (b, h, n, p)
+    new_state += Bh[..., None] * (x * dt[..., None])[:, :, None, :]  # outer(B, x dt)
+    y = np.matmul(Ch[:, :, None, :], new_state)[:, :, 0]  # (b, h, 1, n) @ (b, h, n, p) -> (b, h, p)
     return y + x * D[:, None], new_state
 
 
@@ -195,7 +198,7 @@ def ssd_reference(
     """
     b, t_len, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    S = np.zeros((b, h, p, n)) if initial_state is None else initial_state.astype(np.float64)
+    S = np.zeros((b, h, n, p)) if initial_state is None else initial_state.astype(np.float64)
     y = np.zeros((b, t_len, h, p))
     for r in range(b):
         for t in range(t_len):
@@ -205,6 +208,6 @@ def ssd_reference(
                 dt = max(raw, 0.0) + np.log1p(np.exp(-abs(raw)))
                 dt = min(max(dt, dt_limit[0]), dt_limit[1])
                 decay = np.exp(-dt * np.exp(float(A_log[i])))
-                S[r, i] = decay * S[r, i] + dt * np.outer(x[r, t, i], B[r, t, grp])
-                y[r, t, i] = S[r, i] @ C[r, t, grp] + float(D[i]) * x[r, t, i]
+                S[r, i] = decay * S[r, i] + dt * np.outer(B[r, t, grp], x[r, t, i])
+                y[r, t, i] = C[r, t, grp] @ S[r, i] + float(D[i]) * x[r, t, i]
     return y, S

@@ -190,7 +190,7 @@ def layer_sequence(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A block of t new tokens for b rows that all hold the same number of past tokens.
 
-    Arguments: h (b, t, D); conv_state (b, K-1, conv_dim); ssm_state (b, H, P, N);
+    Arguments: h (b, t, D); conv_state (b, K-1, conv_dim); ssm_state (b, H, N, P);
     k_past, v_past (b, nkv, s0, hd) the cached keys/values (s0 may be 0); cos, sin (t, hd) for
     positions s0 .. s0+t-1. Returns h (b, t, D), the new conv and SSM states, and the new
     keys and values (b, nkv, t, hd) (RoPE applied) for the caller to cache.
@@ -243,7 +243,7 @@ def layer_step(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One new token for each of b rows (rows may sit at different positions).
 
-    Arguments: h (b, D); conv_state (b, K-1, conv_dim); ssm_state (b, H, P, N);
+    Arguments: h (b, D); conv_state (b, K-1, conv_dim); ssm_state (b, H, N, P);
     ``write_kv(k, v) -> (keys, values, lengths)`` stores this token's k, v (b, nkv, hd) in the
     cache and returns each row's cached keys/values (b, nkv, s, hd) with lengths (b,);
     cos, sin (b, hd) at each row's position. Returns h (b, D) and the new conv and SSM states;

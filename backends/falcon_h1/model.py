@@ -36,7 +36,7 @@ class FalconH1Cache:
     """Per-slot decoding state for every layer (L layers, S slots)."""
 
     conv: np.ndarray  # (L, S, K-1, conv_dim) last K-1 pre-conv inputs, oldest first
-    ssm: np.ndarray  # (L, S, H, P, N)
+    ssm: np.ndarray  # (L, S, H, N, P) (the SSD kernels' layout)
     keys: np.ndarray  # (L, S, nkv, max_len, hd) RoPE already applied
     values: np.ndarray  # (L, S, nkv, max_len, hd)
     lengths: np.ndarray  # (S,) int64 tokens held per slot
@@ -53,7 +53,12 @@ class FalconH1Cache:
 
 
 class FalconH1Model:
-    """A Falcon-H1 causal LM evaluated with the numpy kernels, in float32."""
+    """A Falcon-H1 causal LM evaluated with the numpy kernels, in float32.
+
+    BLAS threads are left to the caller: this model's matmuls are small, and on a busy 2-core
+    machine OpenBLAS's default threads made a batch-16 decode step about 17x slower than one
+    thread (the engine caps them process-wide, see backends/bundled.py).
+    """
 
     def __init__(self, config: FalconH1Config, weights: dict[str, np.ndarray]) -> None:
         self.config = config
@@ -105,7 +110,7 @@ class FalconH1Model:
         cos, sin = rope_tables(np.arange(max_len), head_size=hd, theta=cfg.rope_theta)
         return FalconH1Cache(
             conv=np.zeros((L, n_slots, K - 1, cfg.conv_dim), dtype=np.float32),
-            ssm=np.zeros((L, n_slots, H, P, N), dtype=np.float32),
+            ssm=np.zeros((L, n_slots, H, N, P), dtype=np.float32),
             keys=np.zeros((L, n_slots, nkv, max_len, hd), dtype=np.float32),
             values=np.zeros((L, n_slots, nkv, max_len, hd), dtype=np.float32),
             lengths=np.zeros(n_slots, dtype=np.int64),
@@ -218,7 +223,7 @@ class FalconH1Model:
         cfg = self.config
         conv = np.zeros((b, cfg.mamba_d_conv - 1, cfg.conv_dim), dtype=np.float32)
         ssm = np.zeros(
-            (b, cfg.mamba_n_heads, cfg.mamba_d_head, cfg.mamba_d_state), dtype=np.float32
+            (b, cfg.mamba_n_heads, cfg.mamba_d_state, cfg.mamba_d_head), dtype=np.float32
         )
         kv = np.zeros((b, cfg.num_key_value_heads, 0, cfg.head_dim), dtype=np.float32)
         return conv, ssm, kv

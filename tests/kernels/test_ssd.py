@@ -24,7 +24,7 @@ def _inputs(seed, b=2, t=21, h=4, p=3, g=2, n=5):
         A_log=rng.standard_normal(h).astype(f),
         dt_bias=rng.standard_normal(h).astype(f),
         D=rng.standard_normal(h).astype(f),
-        state=rng.standard_normal((b, h, p, n)).astype(f),
+        state=rng.standard_normal((b, h, n, p)).astype(f),
     )
 
 
