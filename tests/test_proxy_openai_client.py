@@ -1,6 +1,8 @@
 """`deepconf serve` end to end: the real openai client -> the proxy on loopback -> the real HTTP
-backend -> the scripted upstream server on loopback, whose records show what was really
-requested and which connections were closed."""
+backend -> a real upstream on loopback: the scripted server, whose records show what was
+really requested and which connections were closed, and the bundled model's own server
+(`serve-model`) over a tiny random checkpoint, whose /metrics count generated and aborted
+sequences."""
 
 from __future__ import annotations
 
@@ -10,12 +12,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-from support.proxy_runner import ProxyServer
+from support.proxy_runner import LoopbackServer, ProxyServer
 from support.scripted_server import CONFIDENT, MODEL, UNCONFIDENT, Script, ScriptedServer
+from support.tiny_model import write_tiny_model
+
+from deepconf.backends.bundled import load_engine
+from deepconf.backends.model_server import create_app as create_model_app
 
 ANSWER = Script.from_text(
     "The answer is \\boxed{7}.", reasoning="Three plus four makes seven.", delay=0.001
@@ -246,19 +253,17 @@ def test_plain_request_disconnect_closes_every_upstream_stream() -> None:
 
 
 def test_serve_command_runs_a_server_with_flag_defaults_and_json_logs() -> None:
-    """The `serve` command as a process: its DeepConf flags are the defaults a request gets
+    """`deepconf serve` as a process: its DeepConf flags are the defaults a request gets
     (--budget 3 -> 3 traces), --api-key guards it, and each request logs one JSON line."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    runner = (
-        "import typer; from deepconf.serve_command import serve_command; typer.run(serve_command)"
-    )
+    runner = "from deepconf.cli import app; app()"  # the `deepconf` console script
     with ScriptedServer(default=ANSWER) as up:
         args = ["--upstream", up.base_url, "--port", str(port), "--api-key", "cli-key"]
         args += ["--budget", "3", "--window", "2", "--concurrency", "3", "--seed", "10"]
         proc = subprocess.Popen(
-            [sys.executable, "-c", runner, *args], stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", runner, "serve", *args], stderr=subprocess.PIPE, text=True
         )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -280,3 +285,74 @@ def test_serve_command_runs_a_server_with_flag_defaults_and_json_logs() -> None:
     logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [d["status"] for d in logged if d["endpoint"] == "/v1/chat/completions"] == [200]
     assert logged[0]["id"] == r.id and logged[0]["traces"] == 3
+
+
+# --- in front of the bundled model's own server (real engine, real logprobs) -------------------
+
+
+@pytest.fixture(scope="module")
+def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackServer]:
+    """`serve-model`'s app over a tiny random Falcon-H1 checkpoint, on loopback."""
+    folder = write_tiny_model(tmp_path_factory.mktemp("m") / "tiny")
+    engine, tokenizer, name, _ = load_engine(folder, max_batch=8, max_len=30_000)
+    server = LoopbackServer(create_model_app(engine, tokenizer, model_name=name))
+    with server:
+        server.model = name
+        yield server
+    engine.close()
+
+
+def metrics(server: LoopbackServer) -> dict:
+    return httpx.get(server.root + "/metrics").json()
+
+
+def test_usage_matches_what_the_model_server_generated(model_server: LoopbackServer) -> None:
+    """Over a real engine, usage.completion_tokens is exactly the tokens the model server
+    says it generated for the solve, and prompt_tokens its prompt count per trace x traces.
+    (Offline mode: no trace is cut, so no token is generated after an abort and never
+    received; online, each pruned trace may cost the server a token or so more.)"""
+    with ProxyServer(model_server.base_url) as px:
+        c = client(px)
+        ask = {"model": model_server.model, "messages": ASK, "max_tokens": 16, "seed": 0}
+        c.chat.completions.create(**ask, extra_body={"deepconf": {"budget": 1}})  # opens
+        before = metrics(model_server)
+        r = c.chat.completions.create(
+            **ask, extra_body={"deepconf": {"mode": "offline", "budget": 3}}
+        )
+        after = metrics(model_server)
+    dc = r.model_extra["deepconf"]
+    assert len(dc["traces"]) == 3
+    assert r.usage.completion_tokens == after["tokens_generated"] - before["tokens_generated"]
+    assert r.usage.prompt_tokens == 3 * dc["prompt_tokens_per_trace"] > 0
+    assert after["requests_finished"] - before["requests_finished"] == 3
+
+
+def test_disconnect_aborts_the_model_servers_sequences(model_server: LoopbackServer) -> None:
+    """Dropping a streaming DeepConf request aborts every sequence it had running on the
+    model server: its /metrics counts them aborted and nothing is left running."""
+    with ProxyServer(model_server.base_url) as px:
+        c = client(px)
+        opening = {"budget": 1}  # opens the backend: its probe is a finished request
+        c.chat.completions.create(
+            model=model_server.model, messages=ASK, max_tokens=4, extra_body={"deepconf": opening}
+        )
+        before = metrics(model_server)
+        stream = c.chat.completions.create(
+            model=model_server.model,
+            messages=ASK,
+            max_tokens=25_000,
+            seed=1,  # seeds 1 and 2 run for thousands of tokens on this checkpoint
+            stream=True,
+            extra_body={"deepconf": {"budget": 2}},
+        )
+        for chunk in stream:
+            dc = (chunk.model_extra or {}).get("deepconf")
+            if dc and dc["tokens"] > 0:
+                break
+        stream.close()
+        deadline = time.monotonic() + 5
+        while (m := metrics(model_server))["requests_aborted"] - before["requests_aborted"] < 2:
+            assert time.monotonic() < deadline, f"not aborted: {m}"
+            time.sleep(0.01)
+    assert m["requests_running"] == 0
+    assert m["requests_finished"] == before["requests_finished"]

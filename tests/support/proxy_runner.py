@@ -1,5 +1,6 @@
 """`deepconf serve`'s app running for real on 127.0.0.1 (uvicorn in a daemon thread), in front
 of an upstream base URL, for tests that talk to it with the openai client or httpx.
+`LoopbackServer` serves any ASGI app the same way (e.g. the bundled model's server).
 
     with ScriptedServer(default=script) as upstream, ProxyServer(upstream.base_url) as proxy:
         client = openai.OpenAI(base_url=proxy.base_url, api_key="x", max_retries=0)
@@ -7,6 +8,7 @@ of an upstream base URL, for tests that talk to it with the openai client or htt
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -14,9 +16,9 @@ import time
 from typing import Any
 
 import uvicorn
-from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
 
 from deepconf.backend import Backend
+from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
 from deepconf.config import DeepConfConfig
 from deepconf.proxy import create_app
 
@@ -35,39 +37,24 @@ class LogCapture(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-class ProxyServer:
-    """`create_app` over the real HTTP backend, served on a free loopback port."""
+class LoopbackServer:
+    """uvicorn serving an ASGI `app` on a free loopback port, in a daemon thread."""
 
-    def __init__(self, upstream: str, **app_kw: Any) -> None:
-        self.upstream = upstream
-        app_kw.setdefault("defaults", TEST_DEFAULTS)
-        # 0.05 s progress interval keeps streaming tests short; the default is 0.25 s.
-        app_kw.setdefault("progress_interval", 0.05)
-
-        def factory(model: str, api: str) -> Backend:
-            config = HttpBackendConfig(
-                base_urls=[upstream], model=model, api=api, max_retries=0, top_logprobs=20
-            )
-            return OpenAIHttpBackend(config)
-
-        self.app = create_app(factory, upstreams=[upstream], **app_kw)
-        self.logs = LogCapture()
+    def __init__(self, app: Any) -> None:
+        self.app = app
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._port = 0
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}/v1"
-
-    @property
     def root(self) -> str:
         return f"http://127.0.0.1:{self._port}"
 
-    def start(self) -> ProxyServer:
-        logger = logging.getLogger("deepconf.serve")
-        logger.addHandler(self.logs)
-        logger.setLevel(logging.INFO)
+    @property
+    def base_url(self) -> str:
+        return self.root + "/v1"
+
+    def start(self) -> LoopbackServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -81,28 +68,58 @@ class ProxyServer:
         deadline = time.monotonic() + 10
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the deepconf proxy did not start")
+                raise RuntimeError("the loopback server did not start")
             time.sleep(0.005)
         return self
 
     def stop(self) -> None:
-        logging.getLogger("deepconf.serve").removeHandler(self.logs)
         if self._server is not None:
             self._server.should_exit = True
             self._server.force_exit = True  # do not wait for keep-alive client connections
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> ProxyServer:
+    def __enter__(self) -> LoopbackServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+
+class ProxyServer(LoopbackServer):
+    """`create_app` over the real HTTP backend, served on a free loopback port; the
+    deepconf.serve log lines are kept in `logs`."""
+
+    def __init__(self, upstream: str, **app_kw: Any) -> None:
+        app_kw.setdefault("defaults", TEST_DEFAULTS)
+        # 0.05 s progress interval keeps streaming tests short; the default is 0.25 s.
+        app_kw.setdefault("progress_interval", 0.05)
+
+        def factory(model: str, api: str) -> Backend:
+            config = HttpBackendConfig(
+                base_urls=[upstream], model=model, api=api, max_retries=0, top_logprobs=20
+            )
+            return OpenAIHttpBackend(config)
+
+        super().__init__(create_app(factory, upstreams=[upstream], **app_kw))
+        self.logs = LogCapture()
+
+    def start(self) -> ProxyServer:
+        logger = logging.getLogger("deepconf.serve")
+        logger.addHandler(self.logs)
+        logger.setLevel(logging.INFO)
+        super().start()
+        return self
+
+    def stop(self) -> None:
+        logging.getLogger("deepconf.serve").removeHandler(self.logs)
+        super().stop()
+
+    def __enter__(self) -> ProxyServer:
+        return self.start()
+
     def wait_log(self, predicate: Any, timeout: float = 5.0) -> list[str]:
         """Wait until some log line satisfies `predicate(dict)`; return all lines."""
-        import json
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(predicate(json.loads(line)) for line in list(self.logs.lines)):
