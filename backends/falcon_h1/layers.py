@@ -14,12 +14,13 @@ are fused so a decode step does few, wide matmuls:
     w_gate_up (D, 2I)                  [gate * gate_mult | up],   w_down * down_mult
 
     lw = LayerWeights.fold(weights, cfg, i)
-    h, state = layer_sequence(lw, cfg, h, state, cos, sin, offset)   # h (b, t, D)
-    h, ... = layer_step(...)                                          # h (b, D)
+    h, conv, ssm, k, v = layer_sequence(cfg, lw, h, conv, ssm, k_past, v_past, cos, sin)
+    h, conv, ssm = layer_step(cfg, lw, h1, conv, ssm, write_kv, cos1, sin1)   # h1 (b, D)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,10 @@ from deepconf.kernels.rope import apply_rope
 from deepconf.kernels.ssd import ssd_prefill, ssd_step
 
 from .config import FalconH1Config
+
+# Stores one token's k, v (b, nkv, hd) per row and returns the rows' cached keys, values
+# (b, nkv, s, hd) and lengths (b,), the new token included.
+WriteKV = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def _t(a: np.ndarray) -> np.ndarray:
@@ -108,11 +113,11 @@ class LayerWeights:
             w_in=_t(w_in),
             b_in=b_in,
             conv_w=np.ascontiguousarray(w[p + "mamba.conv1d.weight"][:, 0, :], dtype=np.float32),
-            conv_b=w.get(p + "mamba.conv1d.bias"),
+            conv_b=_f32(w.get(p + "mamba.conv1d.bias")),
             A_log=w[p + "mamba.A_log"].astype(np.float32),
             dt_bias=w[p + "mamba.dt_bias"].astype(np.float32),
             D=w[p + "mamba.D"].astype(np.float32),
-            norm_w=w.get(p + "mamba.norm.weight"),
+            norm_w=_f32(w.get(p + "mamba.norm.weight")),
             w_out=np.ascontiguousarray(w_out, dtype=np.float32),
             b_out=b_out,
             w_gate_up=_t(w_gate_up),
@@ -120,6 +125,10 @@ class LayerWeights:
             w_down=_t(w[p + "feed_forward.down_proj.weight"] * d_mult),
             b_down=b_down,
         )
+
+
+def _f32(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else a.astype(np.float32)
 
 
 def _bias(w: dict[str, np.ndarray], name: str, size: int) -> np.ndarray:
@@ -237,7 +246,7 @@ def layer_step(
     h: np.ndarray,
     conv_state: np.ndarray,
     ssm_state: np.ndarray,
-    write_kv,
+    write_kv: WriteKV,
     cos: np.ndarray,
     sin: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

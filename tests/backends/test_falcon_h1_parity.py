@@ -51,6 +51,16 @@ VARIANTS = {
     "norm-then-gate-tied": dict(
         mamba_rms_norm=True, mamba_norm_before_gate=True, tie_word_embeddings=True
     ),
+    "biases-dt-limit-one-group": dict(
+        attention_bias=True,
+        mlp_bias=True,
+        mamba_proj_bias=True,
+        projectors_bias=True,
+        mamba_n_groups=1,
+        time_step_limit=(0.05, 0.8),
+        mamba_rms_norm=True,
+        mamba_norm_before_gate=False,
+    ),
 }
 
 
@@ -67,6 +77,8 @@ def hf_model(seed: int, **overrides) -> FalconH1ForCausalLM:
                 p.copy_(0.5 * torch.randn_like(p))
             elif p.ndim >= 2:
                 p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
+            elif name.endswith("bias"):
+                p.copy_(0.3 * torch.randn_like(p))
     return model
 
 
