@@ -4,6 +4,7 @@ against the real app on loopback in front of the scripted upstream server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -335,3 +336,30 @@ def test_progress_chunks_are_paced() -> None:
     progress = events.count("progress")
     assert progress >= 1 and events[-1] == "result"
     assert progress <= elapsed / interval + 1
+
+
+async def test_concurrent_solves_share_the_upstream_but_not_their_results() -> None:
+    """Solves running at once over the one shared backend each get their own traces,
+    answer and usage (the AsyncOpenAI client, three requests in flight together)."""
+    by_seed = {
+        seed: Script.from_text(f"so \\boxed{{{seed // 10}}}", delay=0.01)
+        for base in (10, 20, 30)
+        for seed in (base, base + 1)
+    }
+    with ScriptedServer(default=ANSWER, by_seed=by_seed) as up, ProxyServer(up.base_url) as px:
+        c = openai.AsyncOpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+
+        async def ask(seed: int) -> openai.types.chat.ChatCompletion:
+            return await c.chat.completions.create(
+                model=MODEL, messages=ASK, seed=seed, extra_body={"deepconf": {"budget": 2}}
+            )
+
+        results = await asyncio.gather(ask(10), ask(20), ask(30))
+        await c.close()
+        overlap = max(json.loads(line)["active"] for line in px.logs.lines)
+    assert overlap >= 2  # they really ran at the same time
+    assert [r.model_extra["deepconf"]["answer"] for r in results] == ["1", "2", "3"]
+    assert len({r.id for r in results}) == 3
+    for r in results:
+        traces = r.model_extra["deepconf"]["traces"]
+        assert r.usage.completion_tokens == sum(t["tokens"] for t in traces)
