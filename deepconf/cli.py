@@ -156,9 +156,22 @@ async def _run_solve(
         await backend.aclose()
 
 
-def _bundled_note(backend: Backend, prompt: str) -> str | None:
-    note = getattr(backend, "prompt_note", None)
-    return note(prompt) if callable(note) else None
+def _bundled_prompt(backend: Backend, prompt: str) -> tuple[str, str | None]:
+    """The prompt as the bundled model was trained to read it, and a note for the user when
+    it is outside the model's task family (the model will still try, and say nonsense)."""
+    from deepconf.eval import task_chain
+
+    if backend_defaults(backend).get("task") != task_chain.TASK_ID:
+        return prompt, None
+    problem = task_chain.parse_prompt(prompt.strip())
+    if problem is not None:
+        return problem.expression, None
+    return prompt, (
+        "the bundled model is a tiny model that only knows chains of additions and "
+        "subtractions of small numbers, such as 'Compute 48+75-29+63.'; for other problems "
+        "point deepconf at a real model server with --base-url (e.g. vLLM serving "
+        "Falcon-H1R-7B)"
+    )
 
 
 @app.command()
@@ -222,7 +235,7 @@ def solve(
             seed=seed,
             system=system,
         )
-        note = _bundled_note(backend, text)
+        text, note = (text, None) if base_url else _bundled_prompt(backend, text)
         if note and not as_json:
             Console(stderr=True).print(f"[yellow]note:[/] {note}")
         live = not as_json and sys.stderr.isatty()
@@ -258,6 +271,26 @@ def serve_model(
         run_server(model, host=host, port=port, max_batch=max_batch)
     except DeepConfError as exc:
         raise _fail(str(exc)) from None
+
+
+_BENCHMARKS = {"stream": "deepconf.eval.bench_stream", "engine": "deepconf.eval.bench_engine"}
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(
+    ctx: typer.Context,
+    which: Annotated[str, typer.Argument(help="stream (client hot path) or engine (bundled).")],
+) -> None:
+    """Run a benchmark; it prints ratios measured side by side in one run.
+
+    Flags after WHICH go to the benchmark, e.g. `deepconf bench engine --batches 1 16 64`;
+    `deepconf bench stream --help` lists them.
+    """
+    import importlib
+
+    if which not in _BENCHMARKS:
+        raise _fail(f"unknown benchmark {which!r}: choose {' or '.join(_BENCHMARKS)}")
+    importlib.import_module(_BENCHMARKS[which]).main(list(ctx.args))
 
 
 # Commands that live beside what they drive; registered here, the one composition root.
