@@ -15,6 +15,7 @@ import os
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from deepconf.backend import Backend
@@ -161,8 +162,9 @@ def _normalised(urls: list[str]) -> list[str]:
         raise ConfigError("give at least one --upstream URL, e.g. http://localhost:8000/v1")
     try:
         return HttpBackendConfig(base_urls=urls).base_urls
-    except ValueError as exc:
-        raise ConfigError(f"bad --upstream: {exc}") from exc
+    except ValidationError as exc:
+        reason = str(exc.errors()[0].get("msg", exc)).removeprefix("Value error, ")
+        raise ConfigError(f"bad --upstream: {reason}") from exc
 
 
 def _setup_logging(level: str) -> None:

@@ -363,3 +363,22 @@ async def test_concurrent_solves_share_the_upstream_but_not_their_results() -> N
     for r in results:
         traces = r.model_extra["deepconf"]["traces"]
         assert r.usage.completion_tokens == sum(t["tokens"] for t in traces)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--upstream", "ftp://x"], "must start with http:// or https://"),
+        (["--upstream", "http://127.0.0.1:9/v1", "--budget", "0"], "budget"),
+        (["--upstream", "http://127.0.0.1:9/v1", "--max-concurrent-solves", "0"], "at least 1"),
+    ],
+)
+def test_serve_rejects_bad_flags_before_listening(args: list[str], words: str) -> None:
+    """Bad flags end `deepconf serve` at once with exit code 1 and a one-line reason."""
+    from typer.testing import CliRunner
+
+    from deepconf.cli import app
+
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 1
+    assert words in result.output
