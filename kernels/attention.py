@@ -39,7 +39,8 @@ def attention_prefill(
     kt = k.transpose(0, 1, 3, 2)  # (b, g, d, s)
     scores = np.matmul(qg, kt[:, :, None]) * (d**-0.5)  # (b, g, r, t, s)
     future = np.arange(s_len)[None, :] > (offset + np.arange(t_len))[:, None]  # (t, s)
-    scores[..., future] = -np.inf
+    # An additive 0 / -inf mask broadcasts in place; boolean-mask assignment is ~10x slower.
+    scores += np.where(future, np.float32(-np.inf), np.float32(0.0))
     probs = _softmax(scores)
     out = np.matmul(probs, v[:, :, None])  # (b, g, r, t, d)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t_len, h, d)  # (b, t, h, d)

@@ -21,9 +21,25 @@ matmuls. Source: https://github.com/state-spaces/mamba/blob/
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 INF_LIMIT = (0.0, float("inf"))
+
+
+@functools.lru_cache(maxsize=256)
+def _path(subscripts: str, *shapes: tuple[int, ...]) -> list:
+    """einsum's contraction order for these shapes, planned once: planning costs more than
+    the contraction itself for short prompts."""
+    operands = [np.empty(shape, dtype=np.float32) for shape in shapes]
+    return np.einsum_path(subscripts, *operands, optimize="greedy")[0]
+
+
+def _einsum(subscripts: str, *operands: np.ndarray) -> np.ndarray:
+    return np.einsum(
+        subscripts, *operands, optimize=_path(subscripts, *(o.shape for o in operands))
+    )
 
 
 def discretize(
@@ -83,7 +99,9 @@ def ssd_chunked(
     """
     b, t_len, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    q = chunk_size
+    # A sequence shorter than a chunk is one chunk of its own length: the chunk size changes
+    # only rounding, and padding 16 tokens up to 256 would waste most of the work.
+    q = max(1, min(chunk_size, t_len))
     pad = (-t_len) % q
     xd = x * dt[..., None]  # (b, t, h, p) discretised input
     a = dt * A  # (b, t, h) log-decay per step
@@ -102,11 +120,11 @@ def ssd_chunked(
 
     # 1. Intra-chunk outputs (the diagonal blocks of the semiseparable matrix).
     L = np.exp(segsum(a))  # (b, h, c, l, s)
-    y_diag = np.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Ch, Bh, L, xd, optimize=True)
+    y_diag = _einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Ch, Bh, L, xd)
 
     # 2. The state each chunk produces on its own (decayed to the chunk's end).
     decay_states = np.exp(a_cs[..., -1:] - a_cs)  # (b, h, c, l)
-    states = np.einsum("bclhn,bhcl,bclhp->bchnp", Bh, decay_states, xd, optimize=True)
+    states = _einsum("bclhn,bhcl,bclhp->bchnp", Bh, decay_states, xd)
 
     # 3. Inter-chunk recurrence: the state entering each chunk, from the initial state on.
     if initial_state is None:
@@ -114,12 +132,12 @@ def ssd_chunked(
     states = np.concatenate([initial_state[:, None], states], axis=1)  # (b, c+1, h, n, p)
     chunk_totals = np.pad(a_cs[..., -1], [(0, 0), (0, 0), (1, 0)])  # (b, h, c+1)
     decay_chunk = np.exp(segsum(chunk_totals))  # (b, h, c+1, c+1)
-    new_states = np.einsum("bhzc,bchnp->bzhnp", decay_chunk, states, optimize=True)
+    new_states = _einsum("bhzc,bchnp->bzhnp", decay_chunk, states)
     states, final_state = new_states[:, :-1], new_states[:, -1]  # (b, c, h, n, p), (b, h, n, p)
 
     # 4. State -> output: each position reads the entering state, decayed to it.
     decay_out = np.exp(a_cs)  # (b, h, c, l)
-    y_off = np.einsum("bclhn,bchnp,bhcl->bclhp", Ch, states, decay_out, optimize=True)
+    y_off = _einsum("bclhn,bchnp,bhcl->bclhp", Ch, states, decay_out)
 
     y = (y_diag + y_off).reshape(b, nc * q, h, p)[:, :t_len]  # (b, t, h, p)
     return y.astype(x.dtype, copy=False), final_state.astype(x.dtype, copy=False)
