@@ -57,6 +57,8 @@ class _Request(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    # vLLM extension
+    ignore_eos: bool = False
 
     @field_validator("n")
     @classmethod
@@ -253,6 +255,7 @@ class _Server:
                 seed=body.seed,
                 stop=tuple(stop),
                 logprobs=k,
+                ignore_eos=body.ignore_eos,
             )
         except ConfigError as exc:
             raise _HttpError(400, str(exc), "stop") from None

@@ -3,10 +3,14 @@ shared prefill, stops and aborts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import numpy as np
 import pytest
 from support.fake_model import PIECES, FakeModel, FakeTokenizer
 
+from deepconf.backends.async_engine import AsyncEngine
 from deepconf.backends.engine import Engine, SamplingParams, StepOutput
 from deepconf.backends.sampling import (
     sample_batch,
@@ -14,7 +18,7 @@ from deepconf.backends.sampling import (
     top_logprobs,
     top_logprobs_reference,
 )
-from deepconf.errors import ConfigError
+from deepconf.errors import BackendError, ConfigError
 
 TOK = FakeTokenizer()
 PROMPTS = [TOK.encode(p) for p in ("1+2=", "3+4=", "ab ", "9.9", "bad. ")]
@@ -287,3 +291,52 @@ def test_bad_requests_raise_config_errors():
     for bad in ({"temperature": -1}, {"top_p": 0}, {"max_tokens": 0}, {"stop": ("",)}):
         with pytest.raises(ConfigError):
             SamplingParams(**bad)
+
+
+class BrokenModel(FakeModel):
+    """Decoding fails after a few steps, as a model bug would."""
+
+    def decode(self, tokens, cache, slots):
+        if len(self.decode_calls) >= 3:
+            raise FloatingPointError("boom")
+        return super().decode(tokens, cache, slots)
+
+
+async def test_async_engine_streams_aborts_and_shuts_down():
+    """AsyncEngine yields what the sync engine yields; closing the async generator aborts the
+    request; close() fails in-flight requests with BackendError and refuses new ones."""
+    params = SamplingParams(temperature=1.0, seed=4, max_tokens=20, logprobs=3)
+    engine = AsyncEngine(Engine(FakeModel(), TOK, max_batch=2))
+    got = [o async for outs in engine.generate(PROMPTS[0], params) for o in outs]
+    assert same(got, alone("x", PROMPTS[0], params))
+
+    long = SamplingParams(max_tokens=10_000, ignore_eos=True)
+    async with contextlib.aclosing(engine.generate(PROMPTS[1], long)) as stream:
+        async for _ in stream:
+            break
+    for _ in range(100):
+        if engine.stats.aborted:
+            break
+        await asyncio.sleep(0.005)
+    assert engine.stats.aborted == 1 and engine.stats.running == 0
+
+    stream = engine.generate(PROMPTS[1], long)
+    await anext(stream)
+    await asyncio.to_thread(engine.close)
+    with pytest.raises(BackendError, match="closed"):
+        async for _ in stream:
+            pass
+    with pytest.raises(BackendError, match="closed"):
+        await anext(engine.generate(PROMPTS[1], long))
+
+
+async def test_async_engine_reports_model_failures_and_bad_prompts():
+    """A model error fails the running requests with BackendError instead of hanging them, and
+    a prompt the engine refuses fails only that request with its ConfigError."""
+    engine = AsyncEngine(Engine(BrokenModel(), TOK))
+    with pytest.raises(BackendError, match="boom"):
+        async for _ in engine.generate(PROMPTS[0], SamplingParams(max_tokens=50, ignore_eos=True)):
+            pass
+    with pytest.raises(ConfigError, match="out of range"):
+        await anext(engine.generate([999], SamplingParams()))
+    engine.close()

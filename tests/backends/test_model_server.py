@@ -217,7 +217,14 @@ def test_disconnect_aborts_the_sequence(server):
     """Closing a stream after a few chunks aborts the request within a step or so: /metrics
     counts it aborted, nothing keeps running, and far fewer than max_tokens were generated."""
     before = server.metrics()
-    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 25_000, "stream": True}
+    body = {
+        "model": "tiny",
+        "messages": MESSAGES,
+        "max_tokens": 25_000,
+        "stream": True,
+        "ignore_eos": True,
+        "seed": 1,
+    }
     with (
         httpx.Client(timeout=10) as http,
         http.stream("POST", server.url + "/v1/chat/completions", json=body) as r,
@@ -288,3 +295,15 @@ def test_top_logprobs_beyond_the_vocabulary_is_a_400():
     engine.close()
     assert r.status_code == 400 and "vocabulary" in r.json()["error"]["message"]
     assert engine.stats.tokens_generated == 0  # refused before reaching the engine
+
+
+def test_stop_string_cuts_the_text(client):
+    """With the same seed, adding a stop string that occurs in the free text returns exactly
+    the text before its first occurrence, with finish_reason 'stop'."""
+    kw = dict(model="tiny", prompt="Problem: 9+9\n", max_tokens=60, seed=21, temperature=1.0)
+    free = client.completions.create(**kw).choices[0].text
+    stop = next(c for c in free[3:] if c.isascii() and c.isprintable())
+    cut = client.completions.create(**kw, stop=[stop]).choices[0]
+    assert cut.finish_reason == "stop" and cut.text == free[: free.index(stop)]
+    streamed = list(client.completions.create(**kw, stop=stop, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == cut.text
