@@ -58,8 +58,8 @@ def attention_decode(
     g, s_len = k_cache.shape[1], k_cache.shape[2]
     qg = q.reshape(b, g, h // g, d)  # (b, g, r, d)
     scores = np.matmul(qg, k_cache.transpose(0, 1, 3, 2)) * (d**-0.5)  # (b, g, r, s)
-    valid = np.arange(s_len)[None, :] < np.asarray(lengths)[:, None]  # (b, s)
-    scores = np.where(valid[:, None, None, :], scores, np.float32(-np.inf))  # (b, g, r, s)
+    invalid = np.arange(s_len)[None, :] >= np.asarray(lengths)[:, None]  # (b, s)
+    scores += np.where(invalid, np.float32(-np.inf), np.float32(0.0))[:, None, None, :]
     probs = _softmax(scores)
     return np.matmul(probs, v_cache).reshape(b, h, d)  # (b, g, r, d) -> (b, h, d)
 
