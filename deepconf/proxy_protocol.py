@@ -279,9 +279,11 @@ def summary(
     """The `deepconf` object of a response: the vote and one line per trace."""
     return {
         "answer": result.answer,
-        "votes": [{"answer": v.answer, "count": v.count, "weight": v.weight} for v in result.votes],
-        "beta": result.beta,
-        "threshold": result.threshold,
+        "votes": [
+            {"answer": v.answer, "count": v.count, "weight": finite(v.weight)} for v in result.votes
+        ],
+        "beta": finite(result.beta),
+        "threshold": finite(result.threshold),
         "stop_reason": result.stop_reason,
         "fallback": result.fallback,
         "mode": result.mode,
@@ -297,11 +299,16 @@ def summary(
                 "status": str(t.status),
                 "tokens": t.tokens,
                 "answer": t.answer,
-                "lowest": t.metrics.lowest if t.metrics is not None else None,
+                "lowest": finite(t.metrics.lowest) if t.metrics is not None else None,
             }
             for t in result.traces
         ],
     }
+
+
+def finite(value: float | None) -> float | None:
+    """JSON has no NaN or infinity (Starlette refuses them, clients choke): send null."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def progress_payload(p: Progress) -> dict[str, Any]:
@@ -316,8 +323,8 @@ def progress_payload(p: Progress) -> dict[str, Any]:
         "failed": p.failed,
         "in_flight": p.in_flight,
         "leader": p.leader,
-        "beta": p.beta,
-        "threshold": p.threshold,
+        "beta": finite(p.beta),
+        "threshold": finite(p.threshold),
         "tokens": p.tokens,
     }
 

@@ -382,3 +382,15 @@ def test_serve_rejects_bad_flags_before_listening(args: list[str], words: str) -
     result = CliRunner().invoke(app, ["serve", *args])
     assert result.exit_code == 1
     assert words in result.output
+
+
+def test_summary_is_strict_json_even_with_non_finite_numbers() -> None:
+    """A threshold or confidence that is NaN or infinite (e.g. a trace with no scored
+    group) becomes null, so the body is valid JSON (Starlette refuses NaN outright)."""
+    traces = [record(0, "7", float("nan")), record(1, "7", float("-inf"))]
+    result = result_of(traces, "7")
+    result.threshold = float("inf")
+    body = wire.summary(result, wire.best_trace(result, "lowest"), None)
+    parsed = json.loads(json.dumps(body, allow_nan=False))
+    assert parsed["threshold"] is None
+    assert [t["lowest"] for t in parsed["traces"]] == [None, None]
