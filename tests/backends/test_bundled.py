@@ -15,6 +15,7 @@ from deepconf.backends.bundled import BundledBackend, render_prompt
 from deepconf.backends.falcon_h1 import FalconH1Model, load_tokenizer
 from deepconf.config import SamplingConfig
 from deepconf.errors import ModelLoadError
+from deepconf.eval.bench_engine import run_numpy
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,10 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
     """A folder without config.json raises ModelLoadError saying what to pass."""
     with pytest.raises(ModelLoadError, match="Falcon-H1 folder"):
         BundledBackend(tmp_path / "nothing")
+
+
+def test_bench_engine_numpy_run_measures_decoding(folder):
+    """The benchmark's engine run decodes batch x tokens and reports speed and memory."""
+    result = run_numpy(folder, batch=2, tokens=5, threads=None)
+    assert result["decode_tok_s"] > 0 and result["peak_rss_mb"] >= result["loaded_rss_mb"] > 0
+    assert result["threads"] == 1  # a small model gets one BLAS thread
