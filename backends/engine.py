@@ -56,6 +56,7 @@ class StepOutput:
     finish_reason: str | None = None  # "stop" (EOS or stop string), "length", or None
     prompt_tokens: int = 0
     completion_tokens: int = 0  # tokens generated so far, this one included
+    stop_reason: str | None = None  # the stop string that ended it (vLLM's stop_reason)
 
 
 @dataclass(slots=True)
@@ -227,7 +228,8 @@ class Engine:
             finish = "length"
         if finish is not None:  # the last bytes, even an incomplete character
             seq.text += seq.detok.flush()
-        if params.stop and _cut_at_stop(seq):
+        matched = _cut_at_stop(seq) if params.stop else None
+        if matched is not None:
             finish = "stop"
         if finish is None and params.stop:
             # Hold back what could still turn into a stop string.
@@ -245,6 +247,7 @@ class Engine:
             finish,
             len(seq.prompt),
             seq.generated,
+            matched,
         )
         if finish is None:
             seq.next_input = token
@@ -301,16 +304,17 @@ _EMPTY_IDS = np.zeros(0, np.int64)
 _EMPTY_LPS = np.zeros(0, np.float32)
 
 
-def _cut_at_stop(seq: _Sequence) -> bool:
-    """Truncate `seq.text` before the first stop string; True when one was found."""
+def _cut_at_stop(seq: _Sequence) -> str | None:
+    """Truncate `seq.text` before the first stop string; returns the one found, if any."""
     longest = max(map(len, seq.params.stop))
     start = max(0, seq.emitted - longest + 1)
-    hits = [i for s in seq.params.stop if (i := seq.text.find(s, start)) >= 0]
+    hits = [(i, s) for s in seq.params.stop if (i := seq.text.find(s, start)) >= 0]
     if not hits:
-        return False
-    seq.text = seq.text[: min(hits)]
+        return None
+    at, stop = min(hits)
+    seq.text = seq.text[:at]
     seq.emitted = min(seq.emitted, len(seq.text))
-    return True
+    return stop
 
 
 def _eos_ids(cfg: Any, tokenizer: Any) -> set[int]:

@@ -334,7 +334,13 @@ class _Job:
             message = {"role": "assistant", "content": content}
             choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": content, "logprobs": logprobs, "finish_reason": finish}
+            choice = {
+                "index": 0,
+                "text": content,
+                "logprobs": logprobs,
+                "finish_reason": finish,
+                "stop_reason": entries[-1].stop_reason if entries else None,
+            }
         yield orjson.dumps(self._head(self.object) | {"choices": [choice], "usage": self.usage()})
 
     async def stream(self) -> AsyncIterator[bytes]:
@@ -358,6 +364,8 @@ class _Job:
                 choice["text"] = text
             choice["logprobs"] = self._logprobs(outs)
             choice["finish_reason"] = outs[-1].finish_reason
+            if not self.chat:
+                choice["stop_reason"] = outs[-1].stop_reason
             yield _sse(head | {"choices": [choice]} | ({"usage": None} if include_usage else {}))
         if include_usage:
             yield _sse(head | {"choices": [], "usage": self.usage()})

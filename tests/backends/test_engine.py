@@ -225,6 +225,7 @@ def test_stop_string_eos_and_max_tokens():
     text = "".join(o.text for o in outs)
     assert outs[-1].finish_reason == "stop" and outs[-1].token_id == stop_id
     assert "STOP" not in text and text == TOK.decode([o.token_id for o in outs[:-1]])
+    assert outs[-1].stop_reason == "STOP"
 
     eos_model = FakeModel(eos_bias=8.0)
     outs = run(Engine(eos_model, TOK), {"e": (PROMPTS[0], SamplingParams(seed=0, max_tokens=99))})

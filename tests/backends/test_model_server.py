@@ -305,5 +305,6 @@ def test_stop_string_cuts_the_text(client):
     stop = next(c for c in free[3:] if c.isascii() and c.isprintable())
     cut = client.completions.create(**kw, stop=[stop]).choices[0]
     assert cut.finish_reason == "stop" and cut.text == free[: free.index(stop)]
+    assert cut.model_extra["stop_reason"] == stop  # vLLM's field: the stop string matched
     streamed = list(client.completions.create(**kw, stop=stop, stream=True))
     assert "".join(c.choices[0].text for c in streamed) == cut.text
