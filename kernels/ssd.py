@@ -13,7 +13,7 @@ step's outer product then runs along the longer, contiguous p axis, about 2x fas
 ``ssd_prefill`` computes the same thing for a whole sequence with the chunked algorithm of
 Dao & Gu, "Transformers are SSMs" (2024), §6 / ``ssd_minimal.py``, which turns the scan into
 matmuls. Source: https://github.com/state-spaces/mamba/blob/
-  8ffd905c91d207f5c445f5ab6a9a1ef0e6e4c7c4/mamba_ssm/modules/ssd_minimal.py
+  8f29260067d2fba973661e987425a3ad847b5c52/mamba_ssm/modules/ssd_minimal.py
 
     y, state = ssd_prefill(x, dt_raw, B, C, A_log=A_log, dt_bias=dt_bias, D=D, chunk_size=64)
     y1, state = ssd_step(state, x1, dt1, B1, C1, A_log=A_log, dt_bias=dt_bias, D=D)
