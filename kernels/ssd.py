@@ -8,7 +8,8 @@ dt_limit), A = -exp(A_log) (one scalar per head), then per head h with group g(h
     y_h  = C_g @ S_h + D_h x_h
 
 The state is stored (n, p), the transpose of the (p, n) that transformers keeps: the decode
-step's outer product then runs along the longer, contiguous p axis, about 2x faster in numpy.
+step's outer product then runs along the contiguous p axis, which for the bundled model
+(p = 32, n = 16) halves the numpy inner loops and measured about 2x faster.
 
 ``ssd_prefill`` computes the same thing for a whole sequence with the chunked algorithm of
 Dao & Gu, "Transformers are SSMs" (2024), §6 / ``ssd_minimal.py``, which turns the scan into
