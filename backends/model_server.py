@@ -59,6 +59,7 @@ class _Request(BaseModel):
     stream_options: dict[str, Any] | None = None
     # vLLM extension
     ignore_eos: bool = False
+    return_tokens_as_token_ids: bool = False  # logprob tokens as 'token_id:<id>'
 
     @field_validator("n")
     @classmethod
@@ -277,6 +278,7 @@ class _Job:
     ) -> None:
         self.server, self.body, self.prompt_ids, self.params = server, body, prompt_ids, params
         self.chat, self.k, self.logprobs = chat, k, logprobs
+        self.as_ids = body.return_tokens_as_token_ids
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
@@ -304,7 +306,7 @@ class _Job:
         if not self.logprobs:
             return None
         if self.chat:
-            return {"content": [self.server.text.chat_entry(o, self.k) for o in outs]}
+            return {"content": [self.server.text.chat_entry(o, self.k, self.as_ids) for o in outs]}
         lp: dict[str, list[Any]] = {
             "text_offset": [],
             "token_logprobs": [],
@@ -312,7 +314,7 @@ class _Job:
             "top_logprobs": [],
         }
         for o in outs:
-            token, logprob, top = self.server.text.completion_entry(o, self.k)
+            token, logprob, top = self.server.text.completion_entry(o, self.k, self.as_ids)
             lp["text_offset"].append(self.offset)
             lp["token_logprobs"].append(logprob)
             lp["tokens"].append(token)
@@ -440,34 +442,37 @@ class TokenText:
         self._tok = tokenizer
         self._cache: dict[int, tuple[str, list[int]]] = {}
 
-    def piece(self, token_id: int) -> tuple[str, list[int]]:
-        hit = self._cache.get(token_id)
+    def piece(self, token_id: int, as_ids: bool = False) -> tuple[str, list[int]]:
+        key = -1 - token_id if as_ids else token_id
+        hit = self._cache.get(key)
         if hit is None:
-            text = self._tok.decode([token_id])
-            hit = self._cache[token_id] = (text, list(text.encode("utf-8", errors="replace")))
+            text = f"token_id:{token_id}" if as_ids else self._tok.decode([token_id])
+            hit = self._cache[key] = (text, list(text.encode("utf-8", errors="replace")))
         return hit
 
-    def chat_entry(self, out: StepOutput, k: int) -> dict[str, Any]:
+    def chat_entry(self, out: StepOutput, k: int, as_ids: bool = False) -> dict[str, Any]:
         """{token, logprob, bytes, top_logprobs}: the first k of sampled + ranks, de-duplicated."""
-        token, raw = self.piece(out.token_id)
+        token, raw = self.piece(out.token_id, as_ids)
         logprob = _clamp(out.logprob)
         top = [{"token": token, "logprob": logprob, "bytes": raw}] if k else []
         for tid, value in zip(out.top_ids.tolist(), out.top_logprobs.tolist(), strict=True):
             if len(top) >= k:
                 break
             if tid != out.token_id:
-                s, b = self.piece(tid)
+                s, b = self.piece(tid, as_ids)
                 top.append({"token": s, "logprob": _clamp(value), "bytes": b})
         return {"token": token, "logprob": logprob, "bytes": raw, "top_logprobs": top}
 
-    def completion_entry(self, out: StepOutput, k: int) -> tuple[str, float, dict[str, float]]:
+    def completion_entry(
+        self, out: StepOutput, k: int, as_ids: bool = False
+    ) -> tuple[str, float, dict[str, float]]:
         """(token, logprob, {token string: logprob}) with up to k+1 keys, sampled first;
         ids that decode to the same string collapse into one key (as in vLLM)."""
-        token, _ = self.piece(out.token_id)
+        token, _ = self.piece(out.token_id, as_ids)
         logprob = _clamp(out.logprob)
         top = {token: logprob}
         for tid, value in zip(out.top_ids.tolist(), out.top_logprobs.tolist(), strict=True):
-            top.setdefault(self.piece(tid)[0], _clamp(value))
+            top.setdefault(self.piece(tid, as_ids)[0], _clamp(value))
         return token, logprob, top
 
 

@@ -308,3 +308,16 @@ def test_stop_string_cuts_the_text(client):
     assert cut.model_extra["stop_reason"] == stop  # vLLM's field: the stop string matched
     streamed = list(client.completions.create(**kw, stop=stop, stream=True))
     assert "".join(c.choices[0].text for c in streamed) == cut.text
+
+
+def test_token_strings_collapse_unless_returned_as_ids(client):
+    """As in vLLM, completions' top_logprobs dicts collapse ids whose token strings are equal
+    (single bytes of a multi-byte character all decode to U+FFFD here), and
+    return_tokens_as_token_ids keys them 'token_id:<id>' so all K+1 survive."""
+    kw = dict(model="tiny", prompt="x", max_tokens=30, seed=2, logprobs=20)
+    plain = client.completions.create(**kw).choices[0].logprobs.top_logprobs
+    assert min(len(d) for d in plain) < 20  # collapsed: fewer keys than ranks
+    as_ids = client.completions.create(**kw, extra_body={"return_tokens_as_token_ids": True})
+    dicts = as_ids.choices[0].logprobs.top_logprobs
+    assert all(len(d) in (20, 21) for d in dicts)
+    assert all(key.startswith("token_id:") for d in dicts for key in d)
