@@ -5,7 +5,7 @@ Both decode the same checkpoint from the same prompt, B sequences at once, with 
 Decode speed excludes the prompt: for the engine, the steps after the first (the first step
 prefills); for transformers, (time for T tokens - time for 1 token). The engine also computes
 top-20 raw logprobs for every token; generate computes none. Each (implementation, batch)
-runs in its own process so the peak RSS (resource.getrusage) belongs to that run alone.
+runs in its own process so the peak RSS (VmHWM, or getrusage) belongs to that run alone.
 
     python -m deepconf.eval.bench_engine --model path/to/falcon-h1      # batch 1, 16, 64
     python -m deepconf.eval.bench_engine --batches 1 8 --tokens 64      # the bundled model
@@ -29,16 +29,25 @@ from typing import Any
 PROMPT = "Problem: 37+58-19+64\nSolution: "
 
 
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass  # not Linux: fall back to getrusage below
+    return None
+
+
 def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb("VmRSS") or float("nan")
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM and VmRSS come from the same accounting, so peak >= any RSS read earlier.
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_numpy(path: Path, batch: int, tokens: int, threads: int | None) -> dict[str, Any]:
