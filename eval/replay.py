@@ -443,7 +443,7 @@ def expected_offline(
                 acc[m][1] += 1
                 acc[m][2] = leader
     for m in methods:
-        label = f"majority@{k}" if m == "majority" else m
+        label = f"majority@{budget}" if m == "majority" else m  # one row whatever the pool size
         c, unparsed, example = acc[m]
         scores.append(
             Score(label, pool.problem_id, c / draws, spent / draws, example, "expected", unparsed)

@@ -167,7 +167,7 @@ def test_expected_offline_pass_at_1_and_full_pool_vote() -> None:
     prepared = pool.prepared(WINDOW)
     vote = method_vote("lowest@10", prepared.answers, prepared.metrics, prepared.keys)
     assert scores["lowest@10"].correct == float(vote.leader == "7")
-    assert scores["majority@20"].tokens == sum(len(s.conf) for s in scripts)
+    assert scores["majority@64"].tokens == sum(len(s.conf) for s in scripts)
 
 
 def test_expected_offline_subsets_are_budget_sized() -> None:
