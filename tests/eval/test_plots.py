@@ -179,3 +179,32 @@ def test_plot_of_an_empty_folder_is_an_error(tmp_path: Path) -> None:
     """A folder with nothing to draw fails with a message saying what to pass."""
     with pytest.raises(ConfigError, match="nothing to plot"):
         draw_all(tmp_path, tmp_path / "plots")
+
+
+def test_replay_command_errors_are_one_line_messages(tmp_path: Path) -> None:
+    """A missing trace file, or traces without gold answers, end with a message and exit
+    code 1, never a traceback."""
+    runner = CliRunner()
+    res = runner.invoke(app(), ["replay", str(tmp_path / "nope.jsonl")])
+    assert res.exit_code == 1 and "does not exist" in res.output
+    line = {
+        "problem_id": "x",
+        "window": 4,
+        "index": 0,
+        "phase": "offline",
+        "status": "completed",
+        "tokens": 2,
+        "token_confs": [1.0, 2.0],
+        "answer": "3",
+    }
+    traces = tmp_path / "t.jsonl"
+    traces.write_text(json.dumps(line) + "\n")
+    res = runner.invoke(app(), ["replay", str(traces)])
+    assert res.exit_code == 1 and "no gold answers" in res.output
+    answers = tmp_path / "gold.jsonl"
+    answers.write_text(json.dumps({"id": "x", "problem": "?", "answer": "3"}) + "\n")
+    res = runner.invoke(
+        app(), ["replay", str(traces), "--answers", str(answers), "--warmup", "1", "--repeats", "2"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "deepconf-low" in res.output and "100.0%" in res.output
