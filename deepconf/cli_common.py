@@ -30,7 +30,12 @@ BaseUrl = Annotated[
     ),
 ]
 ModelName = Annotated[
-    str | None, typer.Option("--model", help="Model name; discovered from /v1/models when omitted.")
+    str | None,
+    typer.Option(
+        "--model",
+        help="With --base-url: the model name (discovered from /v1/models when omitted). "
+        "Without: a local Falcon-H1 checkpoint folder to run in process (default: bundled).",
+    ),
 ]
 Api = Annotated[str, typer.Option("--api", help="chat or completions.")]
 ApiKey = Annotated[
@@ -128,7 +133,7 @@ def backend_from_flags(
     if not base_url:
         from deepconf.backends.bundled import BundledBackend
 
-        return BundledBackend()
+        return BundledBackend(model)
     from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
 
     if api not in ("chat", "completions"):

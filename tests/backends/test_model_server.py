@@ -4,16 +4,14 @@ logprob shapes, usage, errors, batching of concurrent requests and abort on disc
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 
 import httpx
 import openai
 import orjson
 import pytest
-import uvicorn
 from support.fake_model import FakeModel, FakeTokenizer
+from support.live_server import Server
 from support.tiny_model import write_tiny_model
 
 from deepconf.backends.async_engine import AsyncEngine
@@ -22,31 +20,6 @@ from deepconf.backends.engine import Engine
 from deepconf.backends.model_server import create_app
 
 MESSAGES = [{"role": "user", "content": "What is 2+3?"}]
-
-
-class Server:
-    """uvicorn serving `app` on a free loopback port, in a daemon thread."""
-
-    def __init__(self, app) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def metrics(self) -> dict:
-        return httpx.get(self.url + "/metrics").json()
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
