@@ -43,6 +43,12 @@ def token_confidence(top_logprobs: np.ndarray) -> np.ndarray:
     lp = np.asarray(top_logprobs, dtype=np.float64)
     if lp.ndim != 2:
         raise ValueError(f"top_logprobs must be (n, k), got shape {lp.shape}")
+    # Hot path (every streamed chunk): full rows need no mask. np.maximum clamps -inf and
+    # -9999 to the floor and propagates NaN, so a NaN sum means a padded row: take the
+    # masked path for the whole batch (rare: short rows are a server quirk).
+    sums = np.maximum(lp, LOGPROB_FLOOR).sum(axis=1)  # (n,)
+    if lp.shape[1] > 0 and not np.isnan(sums).any():
+        return sums / -lp.shape[1]
     present = ~np.isnan(lp)  # (n, k)
     clamped = np.where(present, np.maximum(lp, LOGPROB_FLOOR), 0.0)  # -inf -> floor
     counts = present.sum(axis=1)  # (n,)
