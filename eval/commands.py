@@ -233,7 +233,7 @@ def eval_command(
                 raise ConfigError(f"--limit must be at least 1, got {limit}")
             problems = problems[:limit]
         chosen = parse_methods(methods)
-        backend = backend_from_flags(base_url, model, api, api_key, rps, timeout)
+        backend = backend_from_flags(base_url, model, api, api_key, rps, timeout, top_logprobs)
         config = config_from_flags(
             defaults=backend_defaults(backend),
             budget=budget,
