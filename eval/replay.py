@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from deepconf.confidence import GroupWindow, TraceMetrics, group_confidences, trace_metrics
+from deepconf.config import ConfidenceConfig
 from deepconf.errors import ConfigError
 from deepconf.eval.grading import Grade, Grader
 from deepconf.eval.report import Score
@@ -50,8 +51,9 @@ class PoolTrace:
     """One recorded trace that ran to its end."""
 
     answer: str | None
-    confs: np.ndarray  # (tokens,) token confidences
+    confs: np.ndarray  # (tokens,) token confidences, as stored (rounded to 4 decimals)
     status: TraceStatus = TraceStatus.COMPLETED
+    metrics: TraceMetrics | None = None  # as recorded, from the unrounded confidences
 
     @property
     def tokens(self) -> int:
@@ -66,16 +68,23 @@ class Pool:
     traces: list[PoolTrace]
     meta: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0  # records left out (pruned, cancelled, failed)
-    _prepared: dict[tuple[int, int, float], PreparedPool] = field(default_factory=dict)
+    _prepared: dict[int, PreparedPool] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.traces)
 
-    def prepared(self, window: int, tail: int | None = None, bottom: float = 0.1) -> PreparedPool:
-        key = (window, tail if tail is not None else window, bottom)
-        if key not in self._prepared:
-            self._prepared[key] = PreparedPool.build(self.traces, *key)
-        return self._prepared[key]
+    def prepared(self, window: int | None = None) -> PreparedPool:
+        """The arrays for a group window (default: the recorded one). Tail length and
+        bottom fraction are always the recorded ones."""
+        recorded = pool_window(self)
+        window = window or recorded
+        if window not in self._prepared:
+            tail = int(self.meta.get("tail") or ConfidenceConfig().tail)
+            bottom = float(self.meta.get("bottom_fraction") or ConfidenceConfig().bottom_fraction)
+            self._prepared[window] = PreparedPool.build(
+                self.traces, window, tail, bottom, use_recorded=window == recorded
+            )
+        return self._prepared[window]
 
 
 @dataclass(slots=True)
@@ -91,7 +100,18 @@ class PreparedPool:
     keys: AnswerKeys  # the equivalence classes `classes` numbers
 
     @classmethod
-    def build(cls, traces: Sequence[PoolTrace], window: int, tail: int, bottom: float) -> Any:
+    def build(
+        cls,
+        traces: Sequence[PoolTrace],
+        window: int,
+        tail: int,
+        bottom: float,
+        *,
+        use_recorded: bool = False,
+    ) -> Any:
+        """Arrays for one window. With `use_recorded`, trace metrics are the recorded ones:
+        files round confidences to 4 decimals, which ties traces whose live values differed
+        in the 6th, and a tie at the threshold changes who votes."""
         keys = AnswerKeys()
         class_ids: dict[str, int] = {}
         classes = np.full(len(traces), -1, dtype=np.int64)
@@ -100,7 +120,10 @@ class PreparedPool:
         for i, t in enumerate(traces):
             if t.answer is not None:
                 classes[i] = class_ids.setdefault(keys.key(t.answer), len(class_ids))
-            metrics.append(trace_metrics(t.confs, window, tail, bottom) if t.tokens else None)
+            if use_recorded and t.metrics is not None:
+                metrics.append(t.metrics)
+            else:
+                metrics.append(trace_metrics(t.confs, window, tail, bottom) if t.tokens else None)
             if t.tokens >= window:
                 groups = group_confidences(t.confs, window)  # (tokens - window + 1,)
                 neg_cummin.append(-np.minimum.accumulate(groups))
@@ -292,7 +315,7 @@ def simulate_online(
 ) -> tuple[str | None, int]:
     """(answer, tokens) of one simulated online run on a random order of the pool (rng None:
     the pool's own order). The window defaults to the one the traces were recorded with."""
-    prepared = pool.prepared(window or pool_window(pool))
+    prepared = pool.prepared(window)
     order = np.arange(len(pool)) if rng is None else rng.permutation(len(pool))
     out = simulate_order(prepared, order.tolist(), params)
     return out.answer, out.tokens
@@ -312,11 +335,13 @@ def pool_window(pool: Pool) -> int:
 
 def load_pools(paths: Iterable[str | Path]) -> dict[str, Pool]:
     """Pools by problem id from trace files (files may hold several problems; a problem
-    may span files). Only traces that ran to their end are kept; the others are counted in
+    may span files), each in trace-index order. Only traces that ran to their end are kept;
+    the others are counted in
     `Pool.skipped`. Mixing files with different k, window or formula for one problem is an
     error, since their confidences do not compare."""
     pools: dict[str, Pool] = {}
-    for path in paths:
+    order: dict[str, list[tuple[int, int]]] = {}  # (file, trace index) of each pool trace
+    for file_no, path in enumerate(paths):
         for stored in read_traces(path):
             meta, rec = stored.meta, stored.record
             pid = meta.get("problem_id")
@@ -334,9 +359,15 @@ def load_pools(paths: Iterable[str | Path]) -> dict[str, Pool]:
                         f" and {key}={meta[key]!r}; replay them separately"
                     )
             if rec.status in _USABLE:
-                pool.traces.append(PoolTrace(rec.answer, rec.token_confs, rec.status))
+                pool.traces.append(PoolTrace(rec.answer, rec.token_confs, rec.status, rec.metrics))
+                order.setdefault(pid, []).append((file_no, rec.index))
             else:
                 pool.skipped += 1
+    for pid, keys in order.items():
+        # Files list traces as they end; the pool's own order is launch (index) order, the
+        # order a live run with the same seeds would meet them in.
+        ranks = sorted(range(len(keys)), key=keys.__getitem__)
+        pools[pid].traces = [pools[pid].traces[r] for r in ranks]
     empty = [pid for pid, p in pools.items() if not p.traces]
     if empty:
         warnings.warn(
@@ -384,7 +415,7 @@ def expected_online(
 ) -> Score:
     """Mean correctness and tokens of online DeepConf over `repeats` random trace orders.
     A budget above the pool size is capped at it (each order is a permutation)."""
-    prepared = pool.prepared(window or pool_window(pool))
+    prepared = pool.prepared(window)
     correct, tokens, unparsed, example = 0.0, 0.0, 0, None
     for _ in range(repeats):
         out = simulate_order(prepared, rng.permutation(len(pool)).tolist(), params)
@@ -411,7 +442,7 @@ def expected_offline(
     """pass@1 (mean over all pool traces) and each offline method over working sets of
     `budget` traces drawn without replacement, `repeats` times (once when the budget covers
     the whole pool: every draw is then the same set)."""
-    prepared = pool.prepared(window or pool_window(pool))
+    prepared = pool.prepared(window)
     n = len(pool)
     k = min(budget, n)
     scores = []

@@ -243,3 +243,47 @@ def test_pools_without_finished_traces_are_dropped_with_a_warning(tmp_path: Path
     with warnings.catch_warnings(record=True), pytest.raises(ConfigError, match="offline"):
         warnings.simplefilter("always")
         load_pools([path])
+
+
+async def test_pools_are_in_trace_index_order_whatever_the_finish_order(tmp_path: Path) -> None:
+    """Traces written as they end (later ones first here) load in launch order, the order
+    a live run with the same seeds meets them in."""
+    scripts = [
+        Script(conf=[15.0] * (8 - i), answer=str(i), delay=0.002 * (8 - i)) for i in range(8)
+    ]
+    config = DeepConfConfig(
+        mode="offline", budget=8, concurrency=8, confidence=ConfidenceConfig(window=WINDOW)
+    )
+    path = tmp_path / "t.jsonl"
+    await DeepConf(FakeBackend(dict(enumerate(scripts))), config, trace_path=path).solve(
+        "q", problem_id="p"
+    )
+    written = [json.loads(line)["index"] for line in path.read_text().splitlines()]
+    assert written != sorted(written)
+    assert [t.answer for t in load_pools([path])["p"].traces] == [str(i) for i in range(8)]
+
+
+async def test_replay_uses_recorded_metrics_where_rounding_would_tie(tmp_path: Path) -> None:
+    """Two warm-up traces whose confidences differ below the files' 4 decimals: live, only
+    the more confident one passes DeepConf-low's threshold (consensus at once); replay
+    agrees because it takes the recorded, unrounded metrics instead of recomputing them."""
+    scripts = [
+        Script(conf=[15.00004] * 12, answer="1"),
+        Script(conf=[15.00001] * 12, answer="2"),
+        *[Script(conf=[15.0] * 12, answer="3") for _ in range(4)],
+    ]
+    await write_offline(scripts, tmp_path / "t.jsonl", "p")
+    pool = load_pools([tmp_path / "t.jsonl"])["p"]
+    assert pool.traces[0].confs[0] == pool.traces[1].confs[0] == 15.0  # rounded in the file
+    params = OnlineParams(warmup=2, eta=10, tau=0.95, budget=6)
+    config = DeepConfConfig(
+        mode="online",
+        variant="low",
+        budget=6,
+        warmup=2,
+        concurrency=1,
+        confidence=ConfidenceConfig(window=WINDOW, tail=WINDOW),
+    )
+    live = await DeepConf(FakeBackend(dict(enumerate(scripts))), config).solve("q")
+    assert (live.answer, live.tokens.total, live.stop_reason) == ("1", 24, "consensus")
+    assert simulate_online(pool, params, rng=None) == ("1", 24)
