@@ -258,17 +258,20 @@ def test_serve_command_runs_a_server_with_flag_defaults_and_json_logs() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    runner = "from deepconf.cli import app; app()"  # the `deepconf` console script
+    # The `deepconf` console script. -P: do not put the working directory on sys.path, where
+    # the source folder deepconf/ (without backends/, eval/) would shadow the installed one.
+    runner = "from deepconf.cli import app; app()"
     with ScriptedServer(default=ANSWER) as up:
         args = ["--upstream", up.base_url, "--port", str(port), "--api-key", "cli-key"]
         args += ["--budget", "3", "--window", "2", "--concurrency", "3", "--seed", "10"]
         proc = subprocess.Popen(
-            [sys.executable, "-c", runner, "serve", *args], stderr=subprocess.PIPE, text=True
+            [sys.executable, "-P", "-c", runner, "serve", *args], stderr=subprocess.PIPE, text=True
         )
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
+                assert proc.poll() is None, f"deepconf serve exited: {proc.communicate()[1]}"
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(base + "/health").status_code == 200:
                         break
