@@ -61,8 +61,11 @@ def sample_traces(
     top_p: float,
     max_new_tokens: int,
     seed: int,
-) -> list[tuple[str, np.ndarray]]:
-    """n sampled completions of one prompt, each with its per-token confidences (len,)."""
+) -> list[tuple[str, list[int], np.ndarray]]:
+    """n sampled completions of one prompt: (text, token ids, per-token confidences (len,)).
+
+    The ids run up to and including eos; the text is their decoding without special tokens.
+    """
     tok = build_tokenizer()
     ids = torch.tensor([tok.encode(prompt).ids] * n)
     eos, pad = special_ids()["eos_token_id"], special_ids()["pad_token_id"]
@@ -88,7 +91,7 @@ def sample_traces(
         row = gen[i].tolist()
         length = row.index(eos) + 1 if eos in row else len(row)  # the eos token counts
         confs = token_confidence(top[i, :length])
-        traces.append((tok.decode(row[:length]), confs))
+        traces.append((tok.decode(row[:length]), row[:length], confs))
     return traces
 
 
@@ -115,13 +118,13 @@ def measure(
         traces = sample_traces(
             model, prompt_text(p), n_traces, temperature, top_p, budget, seed + j
         )
-        answers = [boxed_answer(text) for text, _ in traces]
+        answers = [boxed_answer(text) for text, _, _ in traces]
         ok = [a == p.answer for a in answers]
         correct_flags += ok
-        lengths += [len(c) for _, c in traces]
-        means += [float(c.mean()) for _, c in traces]
+        lengths += [len(c) for _, _, c in traces]
+        means += [float(c.mean()) for _, _, c in traces]
         for w in windows:
-            lowest[w] += [trace_metrics(c, window=w).lowest for _, c in traces]
+            lowest[w] += [trace_metrics(c, window=w).lowest for _, _, c in traces]
         maj_correct += majority(answers) == p.answer
         # Offline DeepConf-low: keep the 10% most confident traces (by lowest group at the
         # first window), then a plain majority among them.
