@@ -73,7 +73,7 @@ Seed = Annotated[int | None, typer.Option("--seed", help="Base seed; trace i use
 System = Annotated[str | None, typer.Option("--system", help="System prompt (chat API).")]
 
 # Flags that live in a sub-model of DeepConfConfig.
-_CONFIDENCE = {"window", "top_logprobs"}
+_CONFIDENCE = {"window", "top_logprobs", "tail", "bottom_fraction"}
 _SAMPLING = {"temperature", "top_p", "max_tokens", "seed", "system"}
 
 
