@@ -14,8 +14,8 @@ vLLM's shapes (reference/peer-systems.md §9.4):
 vLLM extensions: `top_k`, `ignore_eos`, `return_tokens_as_token_ids` (logprob tokens keyed
 "token_id:<id>", so ids whose strings are equal do not collapse) and completions'
 `stop_reason` (the stop string matched). A client that disconnects aborts its sequence before
-the next decode step (streaming or not). Bad requests get OpenAI's error JSON with a 4xx status. Not here: n > 1 (send n
-requests), echo, tools, and authentication.
+the next decode step (streaming or not). Bad requests get OpenAI's error JSON with a 4xx
+status. Not here: n > 1 (send n requests), echo, tools, and authentication.
 
     engine, tokenizer, name, _ = load_engine(Path("my-falcon-h1"), max_batch=64)
     uvicorn.run(create_app(engine, tokenizer, model_name=name), port=8001)

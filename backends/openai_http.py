@@ -29,11 +29,11 @@ import httpx
 import msgspec
 import numpy as np
 from asyncio_throttle import Throttler
-from deepconf.backends.routing import EndpointPool, parse_retry_after, retry_delay
-from deepconf.backends.sse import SSEDecoder, decode_payloads
 from pydantic import Field, field_validator
 
 from deepconf.backend import Prompt, TokenBatch, TraceRequest
+from deepconf.backends.routing import EndpointPool, parse_retry_after, retry_delay
+from deepconf.backends.sse import SSEDecoder, decode_payloads
 from deepconf.config import SamplingConfig, StrictModel
 from deepconf.errors import (
     BackendError,

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 import orjson
-from deepconf.backends.openai_http import PROBE_TOKENS, HttpBackendConfig, OpenAIHttpBackend
-from deepconf.backends.sse import SSEDecoder, decode_payloads
 
 from deepconf.backend import TraceRequest
+from deepconf.backends.openai_http import PROBE_TOKENS, HttpBackendConfig, OpenAIHttpBackend
+from deepconf.backends.sse import SSEDecoder, decode_payloads
 from deepconf.confidence import GroupWindow, token_confidence
 from deepconf.config import SamplingConfig
 

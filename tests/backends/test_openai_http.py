@@ -9,11 +9,11 @@ import time
 
 import numpy as np
 import pytest
-from deepconf.backends.openai_http import PROBE_TOKENS, HttpBackendConfig, OpenAIHttpBackend
-from deepconf.backends.routing import EndpointPool, retry_delay
 from support.scripted_server import CONFIDENT, Script, ScriptedServer, scripted_server
 
 from deepconf.backend import TokenBatch, TraceRequest
+from deepconf.backends.openai_http import PROBE_TOKENS, HttpBackendConfig, OpenAIHttpBackend
+from deepconf.backends.routing import EndpointPool, retry_delay
 from deepconf.config import SamplingConfig
 from deepconf.errors import (
     CapabilityError,

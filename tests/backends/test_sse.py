@@ -8,15 +8,15 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from deepconf.backends.sse import (
     SSEDecoder,
     decode_payloads,
     decode_payloads_reference,
     top_k_matrix,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from deepconf.errors import StreamError
 
 
