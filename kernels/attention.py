@@ -56,12 +56,19 @@ def attention_decode(
     """
     b, h, d = q.shape
     g, s_len = k_cache.shape[1], k_cache.shape[2]
-    qg = q.reshape(b, g, h // g, d)  # (b, g, r, d)
-    scores = np.matmul(qg, k_cache.transpose(0, 1, 3, 2)) * (d**-0.5)  # (b, g, r, s)
-    invalid = np.arange(s_len)[None, :] >= np.asarray(lengths)[:, None]  # (b, s)
-    scores += np.where(invalid, np.float32(-np.inf), np.float32(0.0))[:, None, None, :]
-    probs = _softmax(scores)
-    return np.matmul(probs, v_cache).reshape(b, h, d)  # (b, g, r, d) -> (b, h, d)
+    # Scale the (b, h, d) query rather than the (b, h, s) scores: fewer elements once s > d.
+    qg = (q * q.dtype.type(d**-0.5)).reshape(b, g, h // g, d)  # (b, g, r, d)
+    scores = np.matmul(qg, k_cache.transpose(0, 1, 3, 2))  # (b, g, r, s)
+    lengths = np.asarray(lengths)
+    if lengths.min() < s_len:  # rows of equal length (forked traces) need no mask
+        invalid = np.arange(s_len)[None, :] >= lengths[:, None]  # (b, s)
+        scores += np.where(invalid, np.float32(-np.inf), np.float32(0.0))[:, None, None, :]
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    # Normalise after the value product: divides (b, h, d) outputs instead of (b, h, s) weights.
+    out = np.matmul(scores, v_cache)  # (b, g, r, d)
+    out /= scores.sum(axis=-1, keepdims=True)
+    return out.reshape(b, h, d)
 
 
 def attention_reference(

@@ -27,8 +27,20 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
     Arguments: x (..., e), w (e,). Returns (..., e): w * x / sqrt(mean(x**2) + eps).
     """
-    ms = np.mean(np.square(x), axis=-1, keepdims=True)  # (..., 1)
-    return x * (1.0 / np.sqrt(ms + eps)) * w
+    return x * _inv_rms(x, eps) * w
+
+
+def _inv_rms(x: np.ndarray, eps: float) -> np.ndarray:
+    """1 / sqrt(mean(x**2) + eps) over the last axis, keepdims (..., 1).
+
+    ``np.add.reduce`` instead of ``np.mean``: the mean's Python wrapper costs more than the
+    arithmetic on decode-sized rows (about 5 us a call, 19 calls a decode step).
+    """
+    ms = np.add.reduce(np.square(x), axis=-1, keepdims=True)  # (..., 1)
+    ms *= np.float32(1.0 / x.shape[-1])
+    ms += np.float32(eps)
+    np.sqrt(ms, out=ms)
+    return np.divide(np.float32(1.0), ms, out=ms)
 
 
 def rms_norm_reference(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -63,8 +75,7 @@ def gated_rms_norm(
         y = y * silu(z)
     shape = y.shape
     yg = y.reshape(*shape[:-1], groups, shape[-1] // groups)  # (..., g, e/g)
-    ms = np.mean(np.square(yg), axis=-1, keepdims=True)  # (..., g, 1)
-    out = (yg * (1.0 / np.sqrt(ms + eps))).reshape(shape) * w  # (..., e)
+    out = (yg * _inv_rms(yg, eps)).reshape(shape) * w  # (..., e)
     if norm_before_gate:
         out = out * silu(z)
     return out

@@ -47,3 +47,12 @@ def test_decode_equals_last_prefill_row():
     full = attention_prefill(q, k, v)
     step = attention_decode(q[:, -1], k, v, np.array([6, 6]))
     np.testing.assert_allclose(step, full[:, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_decode_rows_of_equal_full_length_match_naive():
+    """When every row holds all s keys (the unmasked fast path) decode still matches naive."""
+    q, k, v = _qkv(4, t=1, s=7)
+    lengths = np.array([7, 7])
+    got = attention_decode(q[:, 0], k, v, lengths)
+    ref = attention_reference(q, k, v, positions=(lengths - 1)[:, None], lengths=lengths)
+    np.testing.assert_allclose(got, ref[:, 0], rtol=1e-4, atol=1e-5)
