@@ -37,12 +37,19 @@ def causal_conv1d(
 
 
 def conv1d_step(
-    x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, state: np.ndarray
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    state: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One token of ``causal_conv1d``.
 
-    Arguments: x (b, e) the new input; w (e, k); bias (e,) or None; state (b, k-1, e).
-    Returns y (b, e) before activation and the new state (b, k-1, e) (the window shifted by one).
+    Arguments: x (b, e) the new input; w (e, k); bias (e,) or None; state (b, k-1, e);
+    out (b, k-1, e) or None: where to write the new state (it may be ``state`` itself, so the
+    decode loop shifts the cached window in place instead of copying it back; by default a
+    new array). Returns y (b, e) before activation and the new state (b, k-1, e) (the window
+    shifted by one).
     """
     k = w.shape[1]
     # k (b, e) multiply-adds beat one einsum over a (b, k, e) window by about 3x at b = 64.
@@ -51,8 +58,8 @@ def conv1d_step(
         y += state[:, j] * w[:, j]
     if bias is not None:
         y += bias
-    new_state = np.empty_like(state)  # (b, k-1, e)
-    new_state[:, :-1] = state[:, 1:]
+    new_state = np.empty_like(state) if out is None else out  # (b, k-1, e)
+    new_state[:, :-1] = state[:, 1:]  # numpy copies through a buffer when these overlap
     new_state[:, -1] = x
     return y, new_state
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -136,6 +137,12 @@ def _bias(w: dict[str, np.ndarray], name: str, size: int) -> np.ndarray:
     return w.get(name + ".bias", np.zeros(size, dtype=np.float32)).astype(np.float64)
 
 
+@lru_cache(maxsize=16)
+def _split(cfg: FalconH1Config) -> _Split:
+    """The config's column ranges, built once (a decode step asks for them in every layer)."""
+    return _Split(cfg)
+
+
 class _Split:
     """Column ranges of the fused input projection."""
 
@@ -205,7 +212,7 @@ def layer_sequence(
     keys and values (b, nkv, t, hd) (RoPE applied) for the caller to cache.
     """
     b, t_len, _ = h.shape
-    sp = _Split(cfg)
+    sp = _split(cfg)
     H, P, G, N = cfg.mamba_n_heads, cfg.mamba_d_head, cfg.mamba_n_groups, cfg.mamba_d_state
     nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     proj = _project(cfg, lw, h)  # (b, t, in_proj + q + 2kv)
@@ -256,15 +263,15 @@ def layer_step(
     ``write_kv(k, v) -> (keys, values, lengths)`` stores this token's k, v (b, nkv, hd) in the
     cache and returns each row's cached keys/values (b, nkv, s, hd) with lengths (b,);
     cos, sin (b, hd) at each row's position. Returns h (b, D) and the new conv and SSM states;
-    the SSM state is updated in place (``ssm_state`` is returned).
+    both are updated in place (``conv_state`` and ``ssm_state`` are returned).
     """
     b = h.shape[0]
-    sp = _Split(cfg)
+    sp = _split(cfg)
     H, P, G, N = cfg.mamba_n_heads, cfg.mamba_d_head, cfg.mamba_n_groups, cfg.mamba_d_state
     nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     proj = _project(cfg, lw, h)  # (b, in_proj + q + 2kv)
 
-    xbc, conv_state = conv1d_step(proj[:, sp.xbc], lw.conv_w, lw.conv_b, conv_state)
+    xbc, conv_state = conv1d_step(proj[:, sp.xbc], lw.conv_w, lw.conv_b, conv_state, out=conv_state)
     xbc = silu(xbc)  # (b, conv_dim)
     d, gn = cfg.d_ssm, G * N
     y, ssm_state = ssd_step(

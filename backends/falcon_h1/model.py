@@ -207,8 +207,8 @@ class FalconH1Model:
             h, conv, ssm = layer_step(
                 cfg, lw, h, cache.conv[i, rows], cache.ssm[i, rows], write_kv, cos, sin
             )
-            cache.conv[i, rows] = conv
-            if not isinstance(rows, slice):  # a gathered copy: scatter it back
+            if not isinstance(rows, slice):  # gathered copies: scatter them back
+                cache.conv[i, rows] = conv
                 cache.ssm[i, rows] = ssm
         cache.lengths[slots] = lengths
         return self._logits(h)
@@ -252,7 +252,8 @@ class FalconH1Model:
             raise BackendError(f"decode needs one slot per token: {b} tokens, slots {slots.shape}")
         if slots.min() < 0 or slots.max() >= cache.n_slots:
             raise BackendError(f"decode slots must lie in 0..{cache.n_slots - 1}")
-        if np.unique(slots).size != b:
+        run = slots[-1] - slots[0] == b - 1 and bool((np.diff(slots) == 1).all())
+        if not run and np.unique(slots).size != b:  # a consecutive run is distinct already
             raise BackendError("decode slots must be distinct: one token per slot per step")
         full = slots[cache.lengths[slots] >= cache.max_len]
         if full.size:

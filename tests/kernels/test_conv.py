@@ -52,3 +52,15 @@ def test_short_sequence_keeps_zero_padding_in_state():
     _, s = causal_conv1d(x, w, bias)
     assert np.all(s[:, 0] == 0.0)
     np.testing.assert_array_equal(s[:, 1:], x)
+
+
+def test_steps_in_place_equal_the_full_sequence():
+    """conv1d_step writing its window into the state it reads (out=state) keeps it exact."""
+    x, w, bias, state = _data(2)
+    y_full, s_full = causal_conv1d(x, w, bias, state)
+    s = state.copy()
+    for t in range(x.shape[1]):
+        y, s_out = conv1d_step(x[:, t], w, bias, s, out=s)
+        assert s_out is s
+        np.testing.assert_allclose(y, y_full[:, t], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(s, s_full)
