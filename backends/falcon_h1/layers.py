@@ -288,8 +288,9 @@ def layer_step(
     )  # (b, H, P)
     y = _gate(cfg, lw, y.reshape(b, d), proj[:, sp.z])  # (b, d_ssm)
 
-    q = apply_rope(proj[:, sp.q].reshape(b, nh, hd), cos, sin)  # (b, nh, hd)
-    k = apply_rope(proj[:, sp.k].reshape(b, nkv, hd), cos, sin)  # (b, nkv, hd)
+    # q and k are adjacent columns of the projection: one RoPE call rotates both heads' sets.
+    qk = apply_rope(proj[:, sp.q.start : sp.k.stop].reshape(b, nh + nkv, hd), cos, sin)
+    q, k = qk[:, :nh], qk[:, nh:]  # (b, nh, hd), (b, nkv, hd)
     keys, values, lengths = write_kv(k, proj[:, sp.v].reshape(b, nkv, hd))
     o = attention_decode(q, keys, values, lengths).reshape(b, nh * hd)
 
