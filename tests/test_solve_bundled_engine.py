@@ -12,7 +12,7 @@ import json
 import time
 
 import pytest
-from support.live_server import Server
+from support.live_server import LoopbackServer
 from support.tiny_model import write_tiny_model
 from typer.testing import CliRunner
 
@@ -34,7 +34,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(checkpoint):
     engine, tok, name, _ = load_engine(checkpoint, max_batch=16, max_len=256)
-    srv = Server(create_app(engine, tok, model_name=name))
+    srv = LoopbackServer(create_app(engine, tok, model_name=name)).start()
     yield srv
     srv.stop()
     engine.close()
@@ -54,7 +54,7 @@ def test_solve_over_serve_model_closes_pruned_traces_on_the_server(served):
     max_tokens is far beyond the prune point (the window fills at token 6), so no pruned
     trace can have finished on the server before the client closed it."""
     before = served.metrics()
-    record = _solve("--base-url", served.url + "/v1", max_tokens=400)
+    record = _solve("--base-url", served.base_url, max_tokens=400)
     pruned = [t for t in record["traces"] if t["status"] == "pruned"]
     assert pruned, "a random model's online traces should fall below the 90th percentile"
     assert all(t["tokens"] < 400 for t in pruned)
@@ -89,5 +89,5 @@ def test_in_process_and_http_traces_agree(checkpoint, served):
     """Same seeds, same engine: the warm-up traces' token counts and confidences (hence the
     threshold) are the same in process and over HTTP."""
     local = _solve("--model", str(checkpoint))
-    remote = _solve("--base-url", served.url + "/v1")
+    remote = _solve("--base-url", served.base_url)
     assert local["threshold"] == pytest.approx(remote["threshold"], rel=1e-3)

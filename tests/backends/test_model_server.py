@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 from support.fake_model import FakeModel, FakeTokenizer
-from support.live_server import Server
+from support.live_server import LoopbackServer
 from support.tiny_model import write_tiny_model
 
 from deepconf.backends.async_engine import AsyncEngine
@@ -27,7 +27,7 @@ def server(tmp_path_factory):
     folder = write_tiny_model(tmp_path_factory.mktemp("m") / "tiny")
     # A long context so the disconnect test's max_tokens cannot finish before the close.
     engine, tok, name, _ = load_engine(folder, max_batch=8, max_len=30_000)
-    srv = Server(create_app(engine, tok, model_name=name))
+    srv = LoopbackServer(create_app(engine, tok, model_name=name)).start()
     yield srv
     srv.stop()
     engine.close()
@@ -35,7 +35,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture()
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    return openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
 
 
 def test_models_lists_the_checkpoint(client):
@@ -117,7 +117,7 @@ def test_completions_logprobs_have_vllm_shape(client):
 def test_sse_framing_is_exact(server):
     """Raw stream: every event is one `data: <json>` line and the stream ends in [DONE]."""
     body = {"model": "tiny", "prompt": "hi", "max_tokens": 4, "stream": True, "logprobs": 2}
-    with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
+    with httpx.stream("POST", server.root + "/v1/completions", json=body) as r:
         raw = r.read().decode()
     events = [e for e in raw.split("\n\n") if e]
     assert all(e.startswith("data: ") and "\n" not in e for e in events)
@@ -155,7 +155,7 @@ def test_sse_framing_is_exact(server):
 def test_bad_requests_get_openai_error_json(server, path, body, status, param):
     """Bad requests get a 4xx with {"error": {message, type, param, code}}, never a crash."""
     content = body if isinstance(body, bytes) else orjson.dumps(body)
-    r = httpx.post(server.url + path, content=content)
+    r = httpx.post(server.root + path, content=content)
     assert r.status_code == status
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
@@ -167,7 +167,7 @@ def test_bad_requests_get_openai_error_json(server, path, body, status, param):
 async def test_concurrent_requests_are_batched(server):
     """Eight concurrent requests are decoded together (fewer decode steps than tokens) and
     each returns what it returns alone with the same seed."""
-    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
 
     async def ask(seed: int):
         r = await client.chat.completions.create(
@@ -200,7 +200,7 @@ def test_disconnect_aborts_the_sequence(server):
     }
     with (
         httpx.Client(timeout=10) as http,
-        http.stream("POST", server.url + "/v1/chat/completions", json=body) as r,
+        http.stream("POST", server.root + "/v1/chat/completions", json=body) as r,
     ):
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
 import time
 from typing import Any
-
-import uvicorn
 
 from deepconf.backend import Backend
 from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
 from deepconf.config import DeepConfConfig
 from deepconf.proxy import create_app
+from support.live_server import LoopbackServer
 
 # Small settings for scripted traces of a few tokens.
 TEST_DEFAULTS = DeepConfConfig(budget=4, warmup=2, concurrency=4, confidence={"window": 2})
@@ -35,55 +32,6 @@ class LogCapture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
-
-
-class LoopbackServer:
-    """uvicorn serving an ASGI `app` on a free loopback port, in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port = 0
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.root + "/v1"
-
-    def start(self) -> LoopbackServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="critical", access_log=False, lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the loopback server did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True  # do not wait for keep-alive client connections
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> LoopbackServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class ProxyServer(LoopbackServer):

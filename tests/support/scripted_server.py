@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import uvicorn
+
+from support.live_server import LoopbackServer
 
 MODEL = "scripted-model"
 
@@ -109,7 +109,7 @@ class StreamRecord:
         return self.body.get("seed")
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
     """Start with `start()` or `with`; `base_url` ends in /v1.
 
     Script choice per streamed request, first match wins: `by_seed[body["seed"]]`, then
@@ -132,14 +132,12 @@ class ScriptedServer:
         self.by_seed = dict(by_seed or {})
         self.choose = choose
         self.model = model
+        super().__init__(self._app, lifespan="off", backlog=4096, interface="asgi3")
         self.requests: list[dict[str, Any]] = []  # every request: path, headers, body, status
         self.streams: list[StreamRecord] = []
         self._failures: list[tuple[int, float | None, str]] = []
         self._served = 0  # streamed requests so far: `choose` gets this as request_number
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._port = 0
 
     # --- control -----------------------------------------------------------------------------
 
@@ -149,48 +147,6 @@ class ScriptedServer:
         """The next streamed request gets this HTTP status instead of a stream."""
         with self._lock:
             self._failures.append((status, retry_after, message or f"scripted failure {status}"))
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}/v1"
-
-    def start(self) -> ScriptedServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app,
-            log_level="critical",
-            access_log=False,
-            lifespan="off",
-            backlog=4096,
-            interface="asgi3",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the scripted server did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True  # do not wait for streams a test left open
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> ScriptedServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Poll until `predicate()` holds (the server runs in another thread); False on timeout."""
