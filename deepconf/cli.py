@@ -49,6 +49,7 @@ from deepconf.cli_common import (
     backend_defaults,
     backend_from_flags,
     config_from_flags,
+    fail,
 )
 from deepconf.errors import ConfigError, DeepConfError
 from deepconf.eval.commands import eval_command, plot_command, replay_command
@@ -61,11 +62,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code=1)
 
 
 def _read_prompt(prompt: str | None, file: Path | None) -> str:
@@ -241,7 +237,7 @@ def solve(
         live = not as_json and sys.stderr.isatty()
         result = asyncio.run(_run_solve(backend, config, text, save_traces, live))
     except DeepConfError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(result.to_dict(), default=_json_default))
         return
@@ -270,7 +266,7 @@ def serve_model(
     try:
         run_server(model, host=host, port=port, max_batch=max_batch)
     except DeepConfError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 _BENCHMARKS = {"stream": "deepconf.eval.bench_stream", "engine": "deepconf.eval.bench_engine"}
@@ -289,7 +285,7 @@ def bench(
     import importlib
 
     if which not in _BENCHMARKS:
-        raise _fail(f"unknown benchmark {which!r}: choose {' or '.join(_BENCHMARKS)}")
+        raise fail(f"unknown benchmark {which!r}: choose {' or '.join(_BENCHMARKS)}")
     importlib.import_module(_BENCHMARKS[which]).main(list(ctx.args))
 
 

@@ -1,5 +1,5 @@
-"""Flags shared by the commands that run DeepConf (solve, eval, serve), and the two
-factories that turn them into a config and a backend.
+"""Flags shared by the commands that run DeepConf (solve, eval, serve), the two
+factories that turn them into a config and a backend, and the one way a command fails.
 
 Each flag maps 1:1 to a config field. Flags left unset (None) take the backend's defaults:
 the bundled model's card (its window and sampling) when no --base-url is given, the
@@ -14,10 +14,18 @@ import os
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 from deepconf.backend import Backend
 from deepconf.config import DeepConfConfig
 from deepconf.errors import ConfigError
+
+
+def fail(message: str) -> typer.Exit:
+    """Print an expected error as one red line on stderr; raise the returned exit (code 1)."""
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
 
 # --- backend flags -------------------------------------------------------------------------
 BaseUrl = Annotated[

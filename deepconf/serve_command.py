@@ -16,7 +16,6 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
 from deepconf.backend import Backend
 from deepconf.cli_common import (
@@ -38,6 +37,7 @@ from deepconf.cli_common import (
     Window,
     backend_from_flags,
     config_from_flags,
+    fail,
 )
 from deepconf.errors import ConfigError, DeepConfError
 
@@ -148,8 +148,7 @@ def serve_command(
             max_body_bytes=max_body_bytes,
         )
     except DeepConfError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(code=1) from None
+        raise fail(str(exc)) from None
     _setup_logging(log_level)
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
 

@@ -44,6 +44,7 @@ from deepconf.cli_common import (
     backend_defaults,
     backend_from_flags,
     config_from_flags,
+    fail,
 )
 from deepconf.errors import ConfigError, DeepConfError
 from deepconf.eval.report import (
@@ -55,11 +56,6 @@ from deepconf.eval.report import (
     unparsed_markdown,
     unparsed_scores,
 )
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=1)
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -256,7 +252,7 @@ def eval_command(
         title = f"{dataset}: {len(results)} problems, budget {config.budget}"
         write_report(output, scores_of(results), title, Console())
     except DeepConfError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(f"results: {output / 'results.jsonl'}; traces: {output / 'traces'}")
 
 
@@ -370,7 +366,7 @@ def replay_command(
             with (output / "scores.jsonl").open("w", encoding="utf-8") as f:
                 f.writelines(json.dumps(s.to_dict()) + "\n" for s in scores)
     except DeepConfError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 # --- plot ------------------------------------------------------------------------------------
@@ -401,6 +397,6 @@ def plot_command(
     try:
         made = draw_all(source, out or source / "plots", problem=problem, metric=metric)
     except DeepConfError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for path in made:
         typer.echo(str(path))
