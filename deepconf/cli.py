@@ -239,15 +239,11 @@ def solve(
     except DeepConfError as exc:
         raise fail(str(exc)) from None
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), default=_json_default))
+        from deepconf.result import json_default
+
+        typer.echo(json.dumps(result.to_dict(), default=json_default))
         return
     _summary(console, result)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 @app.command("serve-model")

@@ -5,7 +5,7 @@ CLI prints and eval files store; per-token confidences are left out unless asked
 
     result = await DeepConf(backend, config).solve(prompt)
     result.answer, result.beta, result.tokens.total
-    json.dumps(result.to_dict())
+    json.dumps(result.to_dict(), default=json_default)
 """
 
 from __future__ import annotations
@@ -16,6 +16,14 @@ from typing import Any
 
 from deepconf.trace import TraceRecord, TraceStatus
 from deepconf.voting import VoteRow
+
+
+def json_default(value: Any) -> Any:
+    """`default=` for json.dumps of results: a stray numpy value becomes its Python value,
+    anything else its string, so a results line is always written."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from deepconf.errors import ConfigError
 from deepconf.eval.datasets import EvalProblem
 from deepconf.eval.grading import Grader
 from deepconf.eval.report import Score
+from deepconf.result import json_default
 from deepconf.voting import OFFLINE_METHODS
 
 ONLINE_METHODS = ("online-low", "online-high")
@@ -319,7 +320,7 @@ async def run_eval(
             async with problem_slots:
                 line = await eval_problem(ctx, problem)
             # One write + flush per problem: a kill loses at most the problems in flight.
-            out.write(json.dumps(line, default=_json_default) + "\n")
+            out.write(json.dumps(line, default=json_default) + "\n")
             out.flush()
             done.append(line)
             if on_result is not None:
@@ -338,9 +339,3 @@ async def run_eval(
 
 def scores_of(results: Sequence[dict[str, Any]]) -> list[Score]:
     return [Score(**s) for r in results for s in r["scores"]]
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
