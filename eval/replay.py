@@ -38,6 +38,7 @@ from deepconf.config import ConfidenceConfig
 from deepconf.errors import ConfigError
 from deepconf.eval.grading import Grade, Grader
 from deepconf.eval.report import Score
+from deepconf.online import warmup_threshold
 from deepconf.trace import TraceStatus, read_traces
 from deepconf.voting import AnswerKeys, method_vote
 
@@ -245,7 +246,7 @@ class _OnlineRun:
         if warm:
             # 2. Threshold from the warm-up's lowest-group confidences.
             lowest = np.array([self._lowest(i) for i in warm])
-            threshold = float(np.percentile(lowest, 100.0 - p.eta))
+            threshold = warmup_threshold(lowest, p.eta)
             # 3. Seed the vote with the warm-up traces that pass it.
             for i in warm:
                 self._vote(i, threshold, check=False)
