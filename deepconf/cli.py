@@ -16,14 +16,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from deepconf.backend import Backend
 from deepconf.cli_common import (
     Api,
     ApiKey,
@@ -54,6 +53,9 @@ from deepconf.cli_common import (
 from deepconf.errors import ConfigError, DeepConfError
 from deepconf.eval.commands import eval_command, plot_command, replay_command
 from deepconf.serve_command import serve_command
+
+if TYPE_CHECKING:  # annotations only: importing it at start-up would load numpy
+    from deepconf.backend import Backend
 
 app = typer.Typer(
     name="deepconf",

@@ -11,14 +11,16 @@ DeepConfConfig defaults (the paper's) otherwise.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from deepconf.backend import Backend
 from deepconf.config import DeepConfConfig
 from deepconf.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: importing it at start-up would load numpy
+    from deepconf.backend import Backend
 
 
 def fail(message: str) -> typer.Exit:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
-from deepconf.backend import Backend
 from deepconf.cli_common import (
     Budget,
     Concurrency,
@@ -40,6 +39,9 @@ from deepconf.cli_common import (
     fail,
 )
 from deepconf.errors import ConfigError, DeepConfError
+
+if TYPE_CHECKING:  # annotations only: importing it at start-up would load numpy
+    from deepconf.backend import Backend
 
 Upstream = Annotated[
     list[str],
