@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from deepconf.config import DeepConfConfig
 from deepconf.errors import ConfigError
 
-if TYPE_CHECKING:  # annotations only: importing it at start-up would load numpy
+if TYPE_CHECKING:  # annotations only: at start-up (`deepconf --help`) these would load
+    # numpy and pydantic; the factories import what they build when they run.
     from deepconf.backend import Backend
+    from deepconf.config import DeepConfConfig
 
 
 def fail(message: str) -> typer.Exit:
@@ -92,6 +93,8 @@ def config_from_flags(defaults: dict[str, Any] | None = None, **flags: Any) -> D
     model card: window, temperature, top_p, max_tokens, ...) and then to the config's own.
 
     Raises ConfigError with pydantic's message when a value is out of range."""
+    from deepconf.config import DeepConfConfig
+
     merged: dict[str, Any] = {}
     for source in (defaults or {}, flags):
         merged.update({k: v for k, v in source.items() if v is not None})
@@ -145,6 +148,7 @@ def backend_from_flags(
 
         return BundledBackend(model)
     from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
+    from deepconf.config import DeepConfConfig
 
     if api not in ("chat", "completions"):
         raise ConfigError(f"--api must be chat or completions, got {api!r}")

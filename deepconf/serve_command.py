@@ -15,7 +15,6 @@ import os
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
 from deepconf.cli_common import (
     Budget,
@@ -157,6 +156,8 @@ def serve_command(
 
 def _normalised(urls: list[str]) -> list[str]:
     """The upstream URLs as the HTTP backend reads them (a bare host gets /v1)."""
+    from pydantic import ValidationError
+
     from deepconf.backends.openai_http import HttpBackendConfig
 
     if not urls:
