@@ -33,7 +33,7 @@ from pydantic import Field, field_validator
 
 from deepconf.backend import Prompt, TokenBatch, TraceRequest
 from deepconf.backends.routing import EndpointPool, parse_retry_after, retry_delay
-from deepconf.backends.sse import SSEDecoder, decode_payloads
+from deepconf.backends.sse import Decoded, SSEDecoder, decode_payloads
 from deepconf.config import SamplingConfig, StrictModel
 from deepconf.errors import (
     BackendError,
@@ -394,26 +394,13 @@ class OpenAIHttpBackend:
             async for raw in response.aiter_bytes():
                 decoded = decode_payloads(sse.feed(raw), k)
                 finished = finished or decoded.done or decoded.finish_reason is not None
-                if (
-                    decoded.top_logprobs.shape[0]
-                    or decoded.text
-                    or decoded.reasoning
-                    or (decoded.finish_reason or decoded.usage)
-                ):
-                    yield TokenBatch(
-                        decoded.top_logprobs,
-                        decoded.text,
-                        decoded.reasoning,
-                        decoded.finish_reason,
-                        decoded.usage,
-                    )
+                if _carries_anything(decoded):
+                    yield _batch(decoded)
                 if decoded.done:
                     return
-        tail = decode_payloads(sse.flush(), k)
-        if tail.top_logprobs.shape[0] or tail.text or tail.finish_reason:
-            yield TokenBatch(
-                tail.top_logprobs, tail.text, tail.reasoning, tail.finish_reason, tail.usage
-            )
+        tail = decode_payloads(sse.flush(), k)  # an event the server left unterminated
+        if _carries_anything(tail):
+            yield _batch(tail)
         if not (finished or tail.done or tail.finish_reason):
             raise ConnectError(f"the stream from {url} ended without a finish reason or [DONE]")
 
@@ -444,6 +431,16 @@ class OpenAIHttpBackend:
             body["prompt"] = _raw_prompt(request.prompt, s.system)
             body["logprobs"] = request.top_logprobs
         return body
+
+
+def _carries_anything(d: Decoded) -> bool:
+    """Whether a read decoded to something the controller uses (most reads of a busy
+    stream do; a read that ended mid-event does not)."""
+    return bool(d.top_logprobs.shape[0] or d.text or d.reasoning or d.finish_reason or d.usage)
+
+
+def _batch(d: Decoded) -> TokenBatch:
+    return TokenBatch(d.top_logprobs, d.text, d.reasoning, d.finish_reason, d.usage)
 
 
 def _messages(prompt: Prompt, system: str | None) -> list[dict[str, Any]]:
