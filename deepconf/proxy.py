@@ -86,6 +86,7 @@ from deepconf.proxy_solve import (
     logged_error,
 )
 from deepconf.result import SolveResult
+from deepconf.trace import TraceStatus
 
 log = logging.getLogger("deepconf.serve")
 
@@ -300,7 +301,7 @@ class _Server:
         if result is not None:
             record.update(
                 traces=len(result.traces),
-                pruned=sum(1 for t in result.traces if t.status == "pruned"),
+                pruned=result.count(TraceStatus.PRUNED),
                 tokens=result.tokens.total,
                 answer=result.answer,
                 stop_reason=result.stop_reason,
