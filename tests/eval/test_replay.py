@@ -69,6 +69,22 @@ async def write_offline(scripts: list[Script], path: Path, pid: str) -> None:
     await DeepConf(fake, config, trace_path=path).solve("q", problem_id=pid)
 
 
+def live_config(params: OnlineParams) -> DeepConfConfig:
+    """The live controller's config for a simulation's params: concurrency 1, the test
+    window (tail = window), so live and replay meet the traces in the same order."""
+    assert params.eta in (10, 90), "live variants keep 10% (low) or 90% (high)"
+    return DeepConfConfig(
+        mode="online",
+        variant="low" if params.eta == 10 else "high",
+        budget=params.budget,
+        warmup=params.warmup,
+        tau=params.tau,
+        token_budget=params.token_budget,
+        concurrency=1,
+        confidence=ConfidenceConfig(window=WINDOW, tail=WINDOW),
+    )
+
+
 PARAMS = [
     OnlineParams(warmup=4, eta=10, tau=0.95, budget=24),
     OnlineParams(warmup=4, eta=90, tau=0.95, budget=24),
@@ -102,16 +118,7 @@ async def test_replay_agrees_exactly_with_live_online_run(seed: int, tmp_path: P
     pool = load_pools([tmp_path / "t.jsonl"])["p"]
     assert [t.answer for t in pool.traces] == [s.answer for s in scripts]
     for params in PARAMS:
-        config = DeepConfConfig(
-            mode="online",
-            variant="low" if params.eta == 10 else "high",
-            budget=params.budget,
-            warmup=params.warmup,
-            tau=params.tau,
-            token_budget=params.token_budget,
-            concurrency=1,
-            confidence=ConfidenceConfig(window=WINDOW, tail=WINDOW),
-        )
+        config = live_config(params)
         live = await DeepConf(FakeBackend(dict(enumerate(scripts))), config).solve("q")
         answer, tokens = simulate_online(pool, params, rng=None)
         outcome = simulate_order(pool.prepared(WINDOW), list(range(len(pool))), params)
@@ -127,15 +134,7 @@ async def test_replay_expectation_matches_repeated_live_runs() -> None:
     scripts = make_scripts(7, 40)
     pool = pool_of(scripts)
     params = OnlineParams(warmup=4, eta=90, tau=0.9, budget=16)
-    config = DeepConfConfig(
-        mode="online",
-        variant="high",
-        budget=16,
-        warmup=4,
-        tau=0.9,
-        concurrency=1,
-        confidence=ConfidenceConfig(window=WINDOW, tail=WINDOW),
-    )
+    config = live_config(params)
     rng = np.random.default_rng(0)
     live_correct, live_tokens = [], []
     for _ in range(60):
@@ -276,14 +275,7 @@ async def test_replay_uses_recorded_metrics_where_rounding_would_tie(tmp_path: P
     pool = load_pools([tmp_path / "t.jsonl"])["p"]
     assert pool.traces[0].confs[0] == pool.traces[1].confs[0] == 15.0  # rounded in the file
     params = OnlineParams(warmup=2, eta=10, tau=0.95, budget=6)
-    config = DeepConfConfig(
-        mode="online",
-        variant="low",
-        budget=6,
-        warmup=2,
-        concurrency=1,
-        confidence=ConfidenceConfig(window=WINDOW, tail=WINDOW),
-    )
+    config = live_config(params)
     live = await DeepConf(FakeBackend(dict(enumerate(scripts))), config).solve("q")
     assert (live.answer, live.tokens.total, live.stop_reason) == ("1", 24, "consensus")
     assert simulate_online(pool, params, rng=None) == ("1", 24)
