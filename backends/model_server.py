@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from deepconf.backends.async_engine import AsyncEngine
+from deepconf.backends.bundled import load_engine, render_prompt
 from deepconf.backends.engine import SamplingParams, StepOutput
 from deepconf.errors import ConfigError
 
@@ -111,8 +112,6 @@ def serve_model(
 ) -> None:
     """Load a checkpoint folder (None: the bundled model) and serve it until interrupted."""
     import uvicorn
-
-    from deepconf.backends.bundled import load_engine
 
     engine, tokenizer, name, _ = load_engine(model_path, max_batch=max_batch)
     try:
@@ -207,10 +206,8 @@ class _Server:
                     raise _HttpError(
                         400, "each message needs a string role and content", f"messages.{i}"
                     )
-            text = self.tokenizer.apply_chat_template(body.messages)
-            if text is None:  # no template: the contents, as they are
-                text = "\n".join(m["content"] for m in body.messages)
-            return list(self.tokenizer.encode(text))
+            # the bundled backend's rendering: the chat template, or the contents joined
+            return list(self.tokenizer.encode(render_prompt(self.tokenizer, body.messages)))
         if body.echo:
             raise _HttpError(400, "echo is not supported", "echo")
         prompt = body.prompt
