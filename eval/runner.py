@@ -57,8 +57,6 @@ class LimitedBackend:
     def __init__(self, inner: Backend, semaphore: asyncio.Semaphore) -> None:
         self.inner = inner
         self.semaphore = semaphore
-        self.in_flight = 0
-        self.max_in_flight = 0
 
     @property
     def model(self) -> str:
@@ -70,19 +68,10 @@ class LimitedBackend:
     async def aclose(self) -> None:
         """Shared: the owner closes the wrapped backend itself."""
 
-    def stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
-        return self._stream(request)
-
-    async def _stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
-        async with self.semaphore:
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
-                async with contextlib.aclosing(self.inner.stream(request)) as stream:
-                    async for batch in stream:
-                        yield batch
-            finally:
-                self.in_flight -= 1
+    async def stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
+        async with self.semaphore, contextlib.aclosing(self.inner.stream(request)) as stream:
+            async for batch in stream:
+                yield batch
 
 
 def parse_methods(text: str) -> list[str]:
