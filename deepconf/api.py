@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from deepconf.backend import Backend, Prompt
-from deepconf.config import DeepConfConfig
+from deepconf.config import DeepConfConfig, settings_message
 from deepconf.controller import DeepConf, ProgressCallback
 from deepconf.errors import ConfigError
 from deepconf.result import SolveResult
@@ -88,7 +88,4 @@ def with_overrides(config: DeepConfConfig | None, overrides: dict[str, Any]) -> 
     try:
         return DeepConfConfig.model_validate(base)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        raise ConfigError(settings_message(exc)) from exc

@@ -93,7 +93,7 @@ def config_from_flags(defaults: dict[str, Any] | None = None, **flags: Any) -> D
     model card: window, temperature, top_p, max_tokens, ...) and then to the config's own.
 
     Raises ConfigError with pydantic's message when a value is out of range."""
-    from deepconf.config import DeepConfConfig
+    from deepconf.config import DeepConfConfig, settings_message
 
     merged: dict[str, Any] = {}
     for source in (defaults or {}, flags):
@@ -116,18 +116,7 @@ def config_from_flags(defaults: dict[str, Any] | None = None, **flags: Any) -> D
     try:
         return DeepConfConfig(**top, confidence=confidence, sampling=sampling)
     except ValueError as exc:
-        raise ConfigError(_pydantic_message(exc)) from exc
-
-
-def _pydantic_message(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if not callable(errors):
-        return str(exc)
-    parts = []
-    for err in errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "config"
-        parts.append(f"{where}: {err.get('msg')}")
-    return "invalid settings: " + "; ".join(parts)
+        raise ConfigError(settings_message(exc)) from exc
 
 
 def backend_from_flags(
@@ -148,7 +137,7 @@ def backend_from_flags(
 
         return BundledBackend(model)
     from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
-    from deepconf.config import DeepConfConfig
+    from deepconf.config import DeepConfConfig, settings_message
 
     if api not in ("chat", "completions"):
         raise ConfigError(f"--api must be chat or completions, got {api!r}")
@@ -163,7 +152,7 @@ def backend_from_flags(
             top_logprobs=top_logprobs or DeepConfConfig().confidence.top_logprobs,
         )
     except ValueError as exc:
-        raise ConfigError(_pydantic_message(exc)) from exc
+        raise ConfigError(settings_message(exc)) from exc
     return OpenAIHttpBackend(config)
 
 

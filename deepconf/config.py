@@ -136,3 +136,16 @@ class DeepConfConfig(StrictModel):
     def keep_percent(self) -> float:
         """eta: the percent of warm-up traces whose confidence sets the threshold."""
         return KEEP_PERCENT[self.variant]
+
+
+def settings_message(exc: ValueError) -> str:
+    """One line naming each invalid setting by its dotted path, for a ConfigError:
+    "invalid settings: confidence.window: Input should be greater than or equal to 2; ..."."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):  # a plain ValueError, not pydantic's
+        return str(exc)
+    parts = []
+    for err in errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        parts.append(f"{where}: {err.get('msg')}")
+    return "invalid settings: " + "; ".join(parts)
