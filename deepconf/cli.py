@@ -49,6 +49,7 @@ from deepconf.cli_common import (
     backend_from_flags,
     config_from_flags,
     fail,
+    note,
 )
 from deepconf.errors import ConfigError, DeepConfError
 from deepconf.eval.commands import eval_command, plot_command, replay_command
@@ -233,9 +234,9 @@ def solve(
             seed=seed,
             system=system,
         )
-        text, note = (text, None) if base_url else _bundled_prompt(backend, text)
-        if note and not as_json:
-            Console(stderr=True).print(f"[yellow]note:[/] {note}")
+        text, hint = (text, None) if base_url else _bundled_prompt(backend, text)
+        if hint and not as_json:
+            note(hint)
         live = not as_json and sys.stderr.isatty()
         result = asyncio.run(_run_solve(backend, config, text, save_traces, live))
     except DeepConfError as exc:

@@ -30,6 +30,11 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def note(message: str) -> None:
+    """A yellow one-line note on stderr (stdout stays clean for --json and tables)."""
+    Console(stderr=True).print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+
+
 # --- backend flags -------------------------------------------------------------------------
 BaseUrl = Annotated[
     list[str] | None,

@@ -45,6 +45,7 @@ from deepconf.cli_common import (
     backend_from_flags,
     config_from_flags,
     fail,
+    note,
 )
 from deepconf.errors import ConfigError, DeepConfError
 from deepconf.eval.report import (
@@ -334,17 +335,16 @@ def replay_command(
             warnings.simplefilter("always")
             pools = load_pools(files)
         for w in caught:
-            Console(stderr=True).print(f"[yellow]note:[/] {w.message}", highlight=False)
+            note(str(w.message))
         offline = [
             m for m in parse_methods(methods) if m not in ("pass@1", "online-low", "online-high")
         ]
         smallest = min(len(p) for p in pools.values())
         b = budget if budget is not None else smallest
         if b > smallest:
-            Console(stderr=True).print(
-                f"[yellow]note:[/] --budget {b} exceeds the smallest pool ({smallest} traces):"
-                " those problems use their whole pool",
-                highlight=False,
+            note(
+                f"--budget {b} exceeds the smallest pool ({smallest} traces):"
+                " those problems use their whole pool"
             )
         warmups = [int(w) for w in _floats(warmup, "--warmup")]
         grid = online_grid(_floats(eta, "--eta"), _floats(tau, "--tau"), warmups, b, token_budget)
