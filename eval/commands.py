@@ -323,6 +323,7 @@ def replay_command(
     from deepconf.eval.datasets import load_answers
     from deepconf.eval.replay import load_pools, online_grid, replay_scores
     from deepconf.eval.runner import parse_methods
+    from deepconf.voting import OFFLINE_METHODS
 
     console = Console()
     try:
@@ -336,9 +337,7 @@ def replay_command(
             pools = load_pools(files)
         for w in caught:
             note(str(w.message))
-        offline = [
-            m for m in parse_methods(methods) if m not in ("pass@1", "online-low", "online-high")
-        ]
+        offline = [m for m in parse_methods(methods) if m in OFFLINE_METHODS]
         smallest = min(len(p) for p in pools.values())
         b = budget if budget is not None else smallest
         if b > smallest:
