@@ -27,6 +27,7 @@ from deepconf.confidence import token_confidence, trace_metrics
 from deepconf.errors import ConfigError
 from deepconf.eval.chain_tokenizer import build_tokenizer, special_ids
 from deepconf.eval.task_chain import Difficulty, boxed_answer, problems, prompt_text
+from deepconf.voting import keep_top
 
 try:
     import torch
@@ -128,8 +129,7 @@ def measure(
         maj_correct += majority(answers) == p.answer
         # Offline DeepConf-low: keep the 10% most confident traces (by lowest group at the
         # first window), then a plain majority among them.
-        lw = np.array(lowest[windows[0]][-n_traces:])
-        keep = lw >= np.percentile(lw, 90)
+        keep = keep_top(lowest[windows[0]][-n_traces:], 10.0)
         top10_correct += majority([a for a, k in zip(answers, keep, strict=True) if k]) == p.answer
     flags = np.array(correct_flags)
     result = {
