@@ -25,7 +25,7 @@ KEEP_PERCENT: dict[str, float] = {"low": 10.0, "high": 90.0}
 METRICS: tuple[str, ...] = ("mean", "tail", "bottom", "lowest")
 # Offline methods: "majority", "<metric>" (weighted, no filter), "<metric>@<eta>" (keep the
 # top eta% by the metric, then vote weighted by it).
-_METHOD = re.compile(r"^(majority|(mean|tail|bottom|lowest)(@(10|90))?)$")
+METHOD_PATTERN = re.compile(rf"^(?:majority|(?P<metric>{'|'.join(METRICS)})(?:@(?P<eta>10|90))?)$")
 
 
 class StrictModel(BaseModel):
@@ -116,7 +116,7 @@ class DeepConfConfig(StrictModel):
     @field_validator("offline_method")
     @classmethod
     def _method(cls, method: str) -> str:
-        if not _METHOD.match(method):
+        if not METHOD_PATTERN.match(method):
             raise ValueError(
                 f"unknown offline method {method!r}: use majority, mean, tail, bottom, lowest,"
                 " or one of those with @10 or @90 (e.g. tail@10)"

@@ -14,7 +14,6 @@ thresholds for the online filter are the controller's business.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 
 from deepconf.answers import AnswerKeys, extract_answer
 from deepconf.confidence import TraceMetrics
-from deepconf.config import METRICS
+from deepconf.config import METHOD_PATTERN, METRICS
 from deepconf.errors import ConfigError
 
 __all__ = [
@@ -45,7 +44,6 @@ OFFLINE_METHODS: tuple[str, ...] = (
     *(f"{m}@10" for m in METRICS),
     *(f"{m}@90" for m in METRICS),
 )
-_METHOD = re.compile(r"^(?:majority|(?P<metric>mean|tail|bottom|lowest)(?:@(?P<eta>10|90))?)$")
 
 
 @dataclass(slots=True)
@@ -165,7 +163,7 @@ def method_vote(
     THAT HAVE AN ANSWER (the reference drops answerless traces before filtering), then votes
     weighted by the same metric. Metric methods skip traces whose metrics are None.
     """
-    m = _METHOD.match(method)
+    m = METHOD_PATTERN.match(method)
     if not m:
         raise ConfigError(
             f"unknown voting method {method!r}: use one of {', '.join(OFFLINE_METHODS)}"

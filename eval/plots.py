@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from deepconf.confidence import group_confidences
+from deepconf.config import METRICS
 from deepconf.errors import ConfigError
 from deepconf.eval.report import MethodSummary
 from deepconf.trace import TraceRecord, TraceStatus
@@ -158,7 +159,7 @@ def draw_all(
     from deepconf.trace import read_traces
 
     _pyplot()  # fail early, and clearly, without matplotlib
-    if metric not in ("mean", "tail", "bottom", "lowest"):
+    if metric not in METRICS:
         raise ConfigError(f"--metric must be mean, tail, bottom or lowest, got {metric!r}")
     made: list[Path] = []
     results_path = source / "results.jsonl"
