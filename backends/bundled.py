@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from deepconf.backend import Message, Prompt, TokenBatch, TraceRequest
+from deepconf.backend import Message, Prompt, TokenBatch, TraceRequest, token_usage
 from deepconf.backends.async_engine import AsyncEngine
 from deepconf.backends.engine import Engine, SamplingParams
 from deepconf.errors import ModelLoadError
@@ -188,7 +188,7 @@ class BundledBackend:
                 lps[i, : len(out.top_logprobs)] = out.top_logprobs
             generated += len(outs)
             finish = outs[-1].finish_reason
-            usage = _usage(len(ids), generated) if finish else {}
+            usage = token_usage(len(ids), generated) if finish else {}
             yield TokenBatch(
                 top_logprobs=lps,
                 text="".join(o.text for o in outs),
@@ -201,11 +201,3 @@ class BundledBackend:
             engine, self._engine = self._engine, None
         if engine is not None:
             await asyncio.to_thread(engine.close)
-
-
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }

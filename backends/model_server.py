@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from deepconf.backend import token_usage
 from deepconf.backends.async_engine import AsyncEngine
 from deepconf.backends.bundled import load_engine, render_prompt
 from deepconf.backends.engine import SamplingParams, StepOutput
@@ -285,8 +286,7 @@ class _Job:
         self.offset = 0  # completions' text_offset
 
     def usage(self) -> dict[str, int]:
-        p, c = len(self.prompt_ids), self.completion_tokens
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        return token_usage(len(self.prompt_ids), self.completion_tokens)
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {

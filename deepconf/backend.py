@@ -56,6 +56,15 @@ class TokenBatch:
         return int(self.top_logprobs.shape[0])
 
 
+def token_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's `usage` object (what `TokenBatch.usage` carries from a server)."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What a model server must offer DeepConf."""

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from deepconf.backend import Prompt
+from deepconf.backend import Prompt, token_usage
 from deepconf.config import AnswerConfig, DeepConfConfig, StrictModel
 from deepconf.errors import ConfigError
 from deepconf.result import Progress, SolveResult
@@ -264,13 +264,8 @@ def usage(result: SolveResult, prompt_tokens_per_trace: int | None) -> dict[str,
     """True spend: completion_tokens counts every generated token of every trace (pruned
     and cancelled ones included); prompt_tokens is the upstream's per-trace prompt count
     times the traces launched (0 when the upstream never reported it)."""
-    completion = result.tokens.total
     prompt = (prompt_tokens_per_trace or 0) * len(result.traces)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+    return token_usage(prompt, result.tokens.total)
 
 
 def summary(
