@@ -143,7 +143,6 @@ class SolveRun:
         self.done: asyncio.Queue[TraceRecord] = asyncio.Queue()
         self.phase = "offline" if config.mode == "offline" else "warmup"
         self.next_index = 0
-        self.running = 0
         self.tokens = 0
         self.counts = {s: 0 for s in TraceStatus}
         self.threshold: float | None = None
@@ -235,7 +234,6 @@ class SolveRun:
         seed = cfg.sampling.seed + index if cfg.sampling.seed is not None else None
         window = GroupWindow(cfg.confidence.window) if threshold is not None else None
         state = _TraceState(index, phase, seed, threshold, window, time.monotonic())
-        self.running += 1
         self.tasks[index] = self._tg.create_task(self._run_trace(state), name=f"trace-{index}")
         self._progress()
 
@@ -365,7 +363,6 @@ class SolveRun:
         )
         self.records.append(record)
         self.counts[record.status] += 1
-        self.running -= 1
         if self.writer is not None:
             self.writer.write(record)
         self.done.put_nowait(record)
@@ -436,7 +433,7 @@ class SolveRun:
         c = self.counts
         snapshot = Progress(
             phase=self.phase,
-            in_flight=self.running,
+            in_flight=self.next_index - len(self.records),  # launched, not yet recorded
             completed=c[TraceStatus.COMPLETED],
             pruned=c[TraceStatus.PRUNED],
             failed=c[TraceStatus.FAILED],
