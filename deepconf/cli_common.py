@@ -117,7 +117,8 @@ def config_from_flags(defaults: dict[str, Any] | None = None, **flags: Any) -> D
     # An online run's warm-up cannot exceed its budget; shrink the default warm-up to fit a
     # small --budget rather than refuse (an explicit --warmup is still checked).
     if flags.get("warmup") is None and "budget" in top:
-        top["warmup"] = min(top.get("warmup", 16), top["budget"])
+        default = DeepConfConfig.model_fields["warmup"].default
+        top["warmup"] = min(top.get("warmup", default), top["budget"])
     try:
         return DeepConfConfig(**top, confidence=confidence, sampling=sampling)
     except ValueError as exc:
