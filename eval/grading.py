@@ -17,7 +17,6 @@ factorials).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,9 +25,6 @@ from math_verify import parse, verify
 from deepconf.answers import normalise_answer, too_costly
 
 GradeStatus = Literal["correct", "wrong", "no_answer", "unparsed"]
-
-# math-verify logs a warning on every call with timeouts disabled; we disable them on purpose.
-logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True, slots=True)
