@@ -195,17 +195,8 @@ async def eval_problem(ctx: EvalContext, problem: EvalProblem) -> dict[str, Any]
             problem.prompt, problem_id=pid
         )
         runs[method] = _run_summary(result, path)
-        grade = ctx.grader.grade(result.answer, gold)
         scores.append(
-            Score(
-                f"deepconf-{variant}",
-                pid,
-                float(grade.correct),
-                result.tokens.total,
-                result.answer,
-                grade.status,
-                int(grade.status == "unparsed"),
-            )
+            _run_score(ctx, f"deepconf-{variant}", pid, gold, result.answer, result.tokens.total)
         )
     return {
         "problem_id": pid,
@@ -244,21 +235,18 @@ def _offline_scores(
     for m in methods:
         if m == "pass@1":
             continue
-        answer = result.methods.get(m)
-        grade = ctx.grader.grade(answer, gold)
         label = f"majority@{ctx.config.budget}" if m == "majority" else m
-        scores.append(
-            Score(
-                label,
-                pid,
-                float(grade.correct),
-                tokens,
-                answer,
-                grade.status,
-                int(grade.status == "unparsed"),
-            )
-        )
+        scores.append(_run_score(ctx, label, pid, gold, result.methods.get(m), tokens))
     return scores
+
+
+def _run_score(
+    ctx: EvalContext, label: str, pid: str, gold: str, answer: str | None, tokens: float
+) -> Score:
+    """The graded score of one method's answer from one live run."""
+    grade = ctx.grader.grade(answer, gold)
+    unparsed = int(grade.status == "unparsed")
+    return Score(label, pid, float(grade.correct), tokens, answer, grade.status, unparsed)
 
 
 def _run_summary(result: Any, path: Path) -> dict[str, Any]:
