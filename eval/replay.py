@@ -42,10 +42,6 @@ from deepconf.online import warmup_threshold
 from deepconf.trace import TraceStatus, read_traces
 from deepconf.voting import AnswerKeys, method_vote
 
-# A pool trace must have run to its natural end: a pruned or cancelled trace's full length
-# and confidences are unknown, so it cannot stand in for a trace of another run.
-_USABLE = (TraceStatus.COMPLETED, TraceStatus.TRUNCATED)
-
 
 @dataclass(frozen=True, slots=True)
 class PoolTrace:
@@ -359,7 +355,9 @@ def load_pools(paths: Iterable[str | Path]) -> dict[str, Pool]:
                         f"{path}: problem {pid!r} mixes traces with {key}={pool.meta[key]!r}"
                         f" and {key}={meta[key]!r}; replay them separately"
                     )
-            if rec.status in _USABLE:
+            # A pool trace must have run to its natural end: a pruned or cancelled trace's
+            # full length and confidences are unknown, so it cannot stand in for another's.
+            if rec.finished:
                 pool.traces.append(PoolTrace(rec.answer, rec.token_confs, rec.status, rec.metrics))
                 order.setdefault(pid, []).append((file_no, rec.index))
             else:
