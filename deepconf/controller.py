@@ -415,6 +415,13 @@ class SolveRun:
             tokens_majority_estimate=estimate,
         )
 
+    def tally(self, _record: TraceRecord | None = None) -> None:
+        """Before any confidence vote (warm-up, offline generation), show plain majority over
+        the traces finished so far as the leader: the live view's provisional answer. The
+        answer itself still comes from the vote taken when the phase ends."""
+        self.table = self.majority()
+        self._progress()
+
     def revote(self, voters: list[TraceRecord]) -> VoteTable:
         """Recount the weighted vote of `voters` (weight: lowest-group confidence)."""
         answers = [r.answer for r in voters]

@@ -21,7 +21,7 @@ from deepconf.voting import OFFLINE_METHODS, VoteTable, method_vote
 
 async def run_offline(run: SolveRun) -> SolveResult:
     cfg = run.config
-    await run.generate("offline", cfg.budget, threshold=None)
+    await run.generate("offline", cfg.budget, threshold=None, on_finish=run.tally)
     voters = [r for r in run.finished() if r.metrics is not None]
     answers = [r.answer for r in voters]
     metrics = [r.metrics for r in voters if r.metrics is not None]

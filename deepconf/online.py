@@ -25,6 +25,7 @@ import numpy as np
 from deepconf.controller import SolveRun
 from deepconf.result import SolveResult
 from deepconf.trace import TraceRecord, TraceStatus
+from deepconf.voting import vote
 
 
 def votes_online(record: TraceRecord, threshold: float) -> bool:
@@ -49,9 +50,10 @@ async def run_online(run: SolveRun) -> SolveResult:
     empty = "No trace passed the confidence threshold with an answer"
 
     # 1. Warm-up: run to completion, never pruned.
-    await run.generate("warmup", cfg.warmup, threshold=None)
+    await run.generate("warmup", cfg.warmup, threshold=None, on_finish=run.tally)
     warm = [r for r in run.finished() if r.phase == "warmup" and r.metrics is not None]
     if not warm:  # stopped (token budget, failures) before any warm-up trace finished
+        run.table = vote([], keys=run.keys)  # the provisional majority is not a vote
         return run.result(run.table, _methods(run), empty)
 
     # 2. Threshold from the warm-up traces' lowest-group confidences.

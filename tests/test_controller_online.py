@@ -222,3 +222,19 @@ async def test_prune_position_matches_the_token_by_token_reference(seed) -> None
     batch_end = int(min(ends[ends >= expected][0], n))
     assert trace.status is TraceStatus.PRUNED and trace.pruned_at == expected
     assert trace.tokens == batch_end == fake.delivered[2]
+
+
+async def test_progress_shows_a_provisional_majority_leader_during_warmup() -> None:
+    """Before the threshold exists, the live view's leader is plain majority over the
+    warm-up traces finished so far (here 7, 7, 3 in order: 7 leads from the first); the
+    final answer still comes from the confidence vote, which picks the confident 3."""
+    scripts = {0: Script(conf=12.0, answer="7"), 1: Script(conf=12.0, answer="7")}
+    fake = FakeBackend(scripts, default=Script(conf=18.0, answer="3"))
+    seen: list[tuple[str, str | None, float | None]] = []
+    cfg = make_config(variant="low", warmup=3, budget=3, concurrency=1)
+    result = await DeepConf(
+        fake, cfg, on_progress=lambda p: seen.append((p.phase, p.leader, p.threshold))
+    ).solve("q")
+    warmup_leaders = [leader for phase, leader, s in seen if phase == "warmup" and s is None]
+    assert "7" in warmup_leaders and all(x in (None, "7") for x in warmup_leaders)
+    assert result.answer == "3"
