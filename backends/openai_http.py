@@ -21,20 +21,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import httpx
 import msgspec
-import numpy as np
 from asyncio_throttle import Throttler
 from pydantic import Field, field_validator
 
 from deepconf.backend import Prompt, TokenBatch, TraceRequest
-from deepconf.backends.routing import EndpointPool, parse_retry_after, retry_delay
-from deepconf.backends.sse import Decoded, SSEDecoder, decode_payloads
-from deepconf.config import SamplingConfig, StrictModel
+from deepconf.backends.logprob_probe import PROBE_TOKENS as PROBE_TOKENS
+from deepconf.backends.logprob_probe import probe_logprobs
+from deepconf.backends.routing import (
+    EJECT_AFTER,
+    EndpointPool,
+    parse_retry_after,
+    retry_delay,
+)
+from deepconf.backends.sse import DEFAULT_MAX_EVENT_BYTES, Decoded, SSEDecoder, decode_payloads
+from deepconf.backends.stream_audit import StreamAudit
+from deepconf.config import StrictModel
 from deepconf.errors import (
     BackendError,
     CapabilityError,
@@ -48,9 +56,6 @@ from deepconf.errors import (
 
 log = logging.getLogger(__name__)
 
-# Tokens the capability probe generates: a few, because a reasoning parser may strip the
-# logprobs of a token or two (vLLM #37737) and the judgement uses the median position.
-PROBE_TOKENS = 8
 # k open() probes for when the config names none: the paper's k.
 DEFAULT_PROBE_K = 20
 
@@ -65,8 +70,25 @@ class HttpBackendConfig(StrictModel):
     api: Literal["chat", "completions"] = Field("chat", description="Endpoint family to call.")
     api_key: str | None = Field(None, description="Bearer token; None: $OPENAI_API_KEY.")
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
-    read_timeout: float = Field(
-        600.0, gt=0, description="Seconds to wait for the next bytes of a stream."
+    token_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds a stream may go without a new token before its trace fails (SSE"
+        " comments and keep-alive events do not count); the first token's wait counts from"
+        " the response headers.",
+    )
+    trace_timeout: float | None = Field(
+        None, gt=0, description="Wall-clock seconds one trace may take; None: no limit."
+    )
+    max_event_bytes: int = Field(
+        DEFAULT_MAX_EVENT_BYTES,
+        ge=1024,
+        description="Largest SSE event accepted; a larger one fails the trace.",
+    )
+    probe: bool = Field(
+        True,
+        description="Check k top logprobs with a short request at open(); False: judge k on"
+        " the first positions of the first traces instead.",
     )
     max_retries: int = Field(4, ge=0, description="Retries before a trace's first token.")
     requests_per_second: float | None = Field(
@@ -120,10 +142,21 @@ class _HttpErrors:
                 f"cannot connect to {self.url} ({exc}): start the server or fix --base-url"
             ) from exc
         if isinstance(exc, httpx.TransportError):
-            raise ConnectError(f"the connection to {self.url} broke: {exc}") from exc
+            raise ConnectError(f"the connection to {self.url} broke: {_reason(exc)}") from exc
         if isinstance(exc, httpx.HTTPError):
-            raise BackendError(f"HTTP error talking to {self.url}: {exc}") from exc
+            raise BackendError(f"HTTP error talking to {self.url}: {_reason(exc)}") from exc
         return False
+
+
+def _reason(exc: BaseException) -> str:
+    """The first non-empty message along an exception's chain: a reset surfaces as an httpx
+    ReadError with no text of its own over the OSError that says "Connection reset by peer"."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if str(seen):
+            return f"{type(seen).__name__}: {seen}" if seen is not exc else str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
 
 
 def _server_message(response: httpx.Response) -> str:
@@ -141,6 +174,28 @@ def _server_message(response: httpx.Response) -> str:
                 if err.get(key):
                     return str(err[key])
     return str(obj)[:500]
+
+
+# Media types a 200 may carry that cannot be an event stream: an error page from a proxy, or
+# one JSON document from a server that ignored stream=true. Never retried as a stream.
+_NOT_STREAMS = ("text/html", "application/json")
+
+
+def _media_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _not_a_stream(response: httpx.Response, url: str) -> StreamError:
+    shown = " ".join(response.text[:300].split())
+    if _media_type(response) == "text/html":
+        return StreamError(
+            f"{url} answered 200 with text/html (an error page?), not an event stream:"
+            f" {shown!r}. Check --base-url (usually ending in /v1) and any proxy in front"
+        )
+    return StreamError(
+        f"{url} answered 200 with one JSON document, not an event stream (it ignored"
+        f" stream=true): {shown!r}"
+    )
 
 
 def _status_error(response: httpx.Response, url: str) -> BackendError:
@@ -170,7 +225,9 @@ class OpenAIHttpBackend:
         self._pool = EndpointPool(config.base_urls)
         self._client: httpx.AsyncClient | None = None
         self._throttler: Throttler | None = None
-        self._ok_k = 0  # the largest k a probe confirmed at the typical position
+        self._ok_k = 0  # the largest k a probe (or a stream) confirmed at the typical position
+        self._unverified_k = 0  # k let through unprobed (--no-probe, or a silent model)
+        self._warned: set[str] = set()  # servers whose first retry was logged
         self._cap: int | None = None  # the k a probe found the server stops at, when short
         self._lock: asyncio.Lock | None = None
 
@@ -213,7 +270,7 @@ class OpenAIHttpBackend:
             headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
             # pool=None: with more traces than connections, wait for one, never fail.
             timeout=httpx.Timeout(
-                connect=cfg.connect_timeout, read=cfg.read_timeout, write=60.0, pool=None
+                connect=cfg.connect_timeout, read=cfg.token_timeout, write=60.0, pool=None
             ),
             limits=httpx.Limits(
                 max_connections=cfg.max_connections,
@@ -223,7 +280,9 @@ class OpenAIHttpBackend:
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
-        self._ok_k, self._cap = 0, None
+        self._ok_k, self._unverified_k, self._cap = 0, 0, None
+        for line in self._pool.summary():
+            log.warning("%s", line)
         if client is not None:
             await client.aclose()
 
@@ -262,11 +321,17 @@ class OpenAIHttpBackend:
             await self._check_k(k)
 
     async def _check_k(self, k: int) -> None:
-        if k <= self._ok_k:
+        if k <= self._ok_k or k <= self._unverified_k:
             return
         if self._cap is not None and k > self._cap:
             raise self._short_error(k)  # known short: no request needed
-        typical = await self._probe(k)
+        if not self.config.probe:
+            self._unverified_k = k  # --no-probe: the first traces judge k (StreamAudit)
+            return
+        typical = await probe_logprobs(self._stream, self.config.api, k, self._where)
+        if typical is None:
+            self._unverified_k = k  # the model wrote nothing: the first traces judge k
+            return
         # A server that returned m logprobs at the typical position can serve any k <= m.
         self._ok_k = max(self._ok_k, min(typical, k))
         if typical < k:
@@ -283,40 +348,6 @@ class OpenAIHttpBackend:
     @property
     def _where(self) -> str:
         return f"{self.config.base_urls[0]} ({self.model}, {self._path})"
-
-    async def _probe(self, k: int) -> int:
-        """One tiny streamed request asking for k logprobs; return how many came back at the
-        typical (median) position. Raise `CapabilityError` if none came back or all are
-        placeholders."""
-        prompt = (
-            [{"role": "user", "content": "Say hello."}] if self.config.api == "chat" else "Hello"
-        )
-        request = TraceRequest(
-            index=-1,
-            prompt=prompt,
-            sampling=SamplingConfig(max_tokens=PROBE_TOKENS),
-            top_logprobs=k,
-        )
-        rows = []
-        async with contextlib.aclosing(self._stream(request)) as stream:
-            async for batch in stream:
-                rows.append(batch.top_logprobs)
-        lp = np.concatenate(rows) if rows else np.empty((0, k))  # (n, k)
-        where = self._where
-        counts = (~np.isnan(lp)).sum(axis=1)  # (n,) entries per position
-        if lp.shape[0] == 0 or counts.max() == 0:
-            raise CapabilityError(
-                f"{where} returned no logprobs: DeepConf needs top-k logprobs per token."
-                " Use a server that returns them (vLLM, SGLang, llama.cpp's server); OpenAI's"
-                " reasoning models and some hosted APIs return none"
-            )
-        present = lp[~np.isnan(lp)]
-        if np.all((present == 0.0) | (present <= -9999.0)):
-            raise CapabilityError(
-                f"{where} returns placeholder logprobs (every value is 0 or -9999), so"
-                " confidence would be meaningless: use a server that returns real logprobs"
-            )
-        return int(np.median(counts))
 
     # --- streaming ---------------------------------------------------------------------------
 
@@ -336,31 +367,47 @@ class OpenAIHttpBackend:
     async def _stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
         body = msgspec.json.encode(self._body(request))
         cfg, avoid = self.config, None
+        loop = asyncio.get_running_loop()
+        limit = cfg.trace_timeout
+        deadline = loop.time() + limit if limit is not None else math.inf
+        who = "the probe" if request.index < 0 else f"trace {request.index}"
         for attempt in range(cfg.max_retries + 1):
             url = self._pool.acquire(avoid)
             response: httpx.Response | None = None
             started = False
+            # The probe judges what it got itself; a trace must pass the integrity rules.
+            audit = None
+            if request.index >= 0:
+                k = request.top_logprobs
+                audit = StreamAudit(url, k, verify_k=k > self._ok_k)
             try:
                 response = await self._send(url, body)
-                async with contextlib.aclosing(
-                    self._read(response, url, request.top_logprobs)
-                ) as rd:
+                reads = self._read(response, url, request.top_logprobs, deadline, audit)
+                async with contextlib.aclosing(reads) as rd:
                     async for batch in rd:
-                        started = True
+                        if not started:
+                            started = True
+                            self._pool.succeeded(url)
                         yield batch
                 return
             except BackendError as exc:
                 if started:
-                    if isinstance(exc, StreamError):
+                    if isinstance(exc, StreamError | CapabilityError):
                         raise
                     raise StreamError(f"the stream from {url} broke mid-trace: {exc}") from exc
+                self._count_failure(url, exc)
                 if not exc.retryable or attempt == cfg.max_retries:
                     raise
                 retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
                 delay = retry_delay(
                     attempt, retry_after, base=cfg.backoff_base, cap=cfg.backoff_cap
                 )
-                log.warning("retrying trace %d in %.2fs: %s", request.index, delay, exc)
+                if loop.time() + delay > deadline:
+                    raise
+                # One line per server, the first time; the rest go to the summary at aclose().
+                level = logging.DEBUG if url in self._warned else logging.WARNING
+                self._warned.add(url)
+                log.log(level, "retrying %s in %.2fs: %s", who, delay, exc)
                 avoid = url
             finally:
                 # Closing the response is what tells the server to stop generating (a prune).
@@ -368,6 +415,25 @@ class OpenAIHttpBackend:
                     await response.aclose()
                 self._pool.release(url)
             await asyncio.sleep(delay)
+
+    def _count_failure(self, url: str, exc: BackendError) -> None:
+        """Feed the endpoint's health: connect errors and 5xx say it is unwell."""
+        if isinstance(exc, RateLimitedError):
+            self._pool.failed(url, "rate limited (429)", ejects=False)
+            return
+        if not isinstance(exc, ConnectError | ServerError):
+            return
+        kind = "connect error" if isinstance(exc, ConnectError) else "server error (5xx)"
+        cooldown = self._pool.failed(url, kind, ejects=True)
+        if cooldown is not None and len(self._pool.urls) > 1:
+            log.warning(
+                "%s left the rotation after %d failures in a row (%s); a trace probes it"
+                " again in %.0fs",
+                url,
+                EJECT_AFTER,
+                exc,
+                cooldown,
+            )
 
     async def _send(self, url: str, body: bytes) -> httpx.Response:
         """POST the request; return the open streaming response or raise the mapped error."""
@@ -380,29 +446,82 @@ class OpenAIHttpBackend:
                 pass  # the throttler paces the start of requests, not their duration
         with _HttpErrors(url):
             response = await self._client.send(request, stream=True)
-            if response.status_code != 200:
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-                raise _status_error(response, url)
-        return response
+            if response.status_code == 200 and _media_type(response) not in _NOT_STREAMS:
+                return response
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        if response.status_code != 200:
+            raise _status_error(response, url)
+        raise _not_a_stream(response, url)
 
-    async def _read(self, response: httpx.Response, url: str, k: int) -> AsyncIterator[TokenBatch]:
-        sse, finished = SSEDecoder(), False
+    async def _read(
+        self,
+        response: httpx.Response,
+        url: str,
+        k: int,
+        deadline: float,
+        audit: StreamAudit | None,
+    ) -> AsyncIterator[TokenBatch]:
+        """Batches of one response. Deadlines measure progress: the next token is due
+        `token_timeout` after the last one (bytes that carry none, such as SSE comments, do
+        not count), and the trace's wall-clock `deadline` bounds it all."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        sse = SSEDecoder(cfg.max_event_bytes)
+        token_due = loop.time() + cfg.token_timeout
+        done = False
+        tokens = 0
         with _HttpErrors(url):
-            async for raw in response.aiter_bytes():
-                decoded = decode_payloads(sse.feed(raw), k)
-                finished = finished or decoded.done or decoded.finish_reason is not None
-                if _carries_anything(decoded):
-                    yield _batch(decoded)
-                if decoded.done:
-                    return
-        tail = decode_payloads(sse.flush(), k)  # an event the server left unterminated
-        if _carries_anything(tail):
-            yield _batch(tail)
-        if not (finished or tail.done or tail.finish_reason):
-            raise ConnectError(f"the stream from {url} ended without a finish reason or [DONE]")
+            async with contextlib.aclosing(response.aiter_bytes()) as reads:
+                while not done:
+                    due = min(token_due, deadline)
+                    try:
+                        async with asyncio.timeout_at(due):
+                            raw = await anext(reads)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise self._stalled(url, tokens, wall=due == deadline) from None
+                    decoded = decode_payloads(sse.feed(raw), k, tokens)
+                    done = decoded.done
+                    n = decoded.top_logprobs.shape[0]
+                    if n:
+                        tokens += n
+                        token_due = loop.time() + cfg.token_timeout
+                    if audit is not None:
+                        self._take(audit, decoded)
+                    if _carries_anything(decoded):
+                        yield _batch(decoded)
+        if not done:
+            tail = decode_payloads(sse.flush(), k, tokens)  # an event left unterminated
+            done = tail.done
+            if audit is not None:
+                self._take(audit, tail)
+            if _carries_anything(tail):
+                yield _batch(tail)
+        if audit is not None:
+            # The pool counts this stream too: busy means others were in flight beside it.
+            audit.end(done=done, busy=self._pool.busy > 1)
+
+    def _take(self, audit: StreamAudit, decoded: Decoded) -> None:
+        audit.take(decoded)
+        if audit.k_confirmed and audit.k > self._ok_k:
+            self._ok_k = audit.k  # the stream confirmed what no probe could
+
+    def _stalled(self, url: str, tokens: int, *, wall: bool) -> StreamError:
+        cfg = self.config
+        if wall:
+            return StreamError(
+                f"the trace from {url} ran past its wall-clock limit of {cfg.trace_timeout:g} s"
+                f" (--trace-timeout) after {tokens} tokens"
+            )
+        return StreamError(
+            f"no token from {url} for {cfg.token_timeout:g} s after {tokens} tokens (--timeout):"
+            " the server stalled (keep-alive comments and empty events do not count as"
+            " progress)"
+        )
 
     # --- request body ------------------------------------------------------------------------
 

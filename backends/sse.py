@@ -25,9 +25,13 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
-from deepconf.errors import StreamError
+from deepconf.confidence import LOGPROB_FLOOR
+from deepconf.errors import ConfigError, StreamError
 
 DONE = b"[DONE]"
+
+
+DEFAULT_MAX_EVENT_BYTES = 16 * 2**20  # one line or one event's data; vLLM's are ~2 KB
 
 
 class SSEDecoder:
@@ -37,45 +41,133 @@ class SSEDecoder:
     joined with LF; comment lines (`:`) and other fields (`event:`, `id:`, `retry:`) are
     ignored. Bytes are never decoded here, so a UTF-8 character split across reads is
     reassembled before anyone decodes it.
+
+    The cost is linear in the bytes fed, whatever the line length and the read split: only
+    the new read is searched for line ends, and an incomplete line grows in place. A line, or
+    the data of one event, longer than `max_event_bytes` is a `StreamError`, so a server that
+    never ends a line cannot grow memory without bound. `sse_events_reference` is the slow
+    twin the tests compare it with.
     """
 
-    __slots__ = ("_buf", "_data")
+    __slots__ = ("_after_cr", "_data", "_data_size", "_limit", "_pending")
 
-    def __init__(self) -> None:
-        self._buf = b""  # an incomplete trailing line
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        if max_event_bytes < 1:
+            raise ConfigError(f"max_event_bytes must be at least 1, not {max_event_bytes}")
+        self._limit = max_event_bytes
+        self._pending = bytearray()  # the incomplete trailing line; never holds CR or LF
+        self._after_cr = False  # the last read ended in CR: a LF opening the next is its pair
         self._data: list[bytes] = []  # data lines of the event being read
+        self._data_size = 0  # their joined size + 1 (each line counts its LF joiner)
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in buf:
-            # A CR at the very end may be the first half of a CRLF: keep it for the next read.
-            keep_cr = buf.endswith(b"\r")
-            buf = buf[:-1] if keep_cr else buf
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if keep_cr:
-                buf += b"\r"
-        end = buf.rfind(b"\n")
-        if end < 0:
-            self._buf = buf
+        if self._after_cr and chunk:
+            self._after_cr = False
+            if chunk[0] == 0x0A:
+                chunk = chunk[1:]  # the LF of a CRLF split across reads
+        if b"\r" in chunk:
+            self._after_cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = chunk.split(b"\n")  # the last one is the new incomplete line (maybe empty)
+        pending, limit = self._pending, self._limit
+        if len(lines) == 1:
+            # Appending in place keeps a line that comes in many reads linear; joining it
+            # to every read (`buf + chunk`) made a 32 MiB line cost seconds.
+            if len(pending) + len(chunk) > limit:
+                raise self._too_long("a line", len(pending) + len(chunk))
+            pending += chunk
             return []
-        self._buf = buf[end + 1 :]
+        if pending:
+            if len(pending) + len(lines[0]) > limit:
+                raise self._too_long("a line", len(pending) + len(lines[0]))
+            lines[0] = b"".join((pending, lines[0]))
+            pending.clear()
+        if len(chunk) > limit:  # only a read this large can hold a line this large
+            size = max(map(len, lines))
+            if size > limit:
+                raise self._too_long("a line", size)
+        rest = lines.pop()
+        if rest:
+            pending += rest
         out: list[bytes] = []
-        data = self._data
-        for line in buf[:end].split(b"\n"):
+        data, size = self._data, self._data_size
+        for line in lines:
             if not line:
                 if data:
                     out.append(data[0] if len(data) == 1 else b"\n".join(data))
                     data.clear()
+                    size = 0
             elif line.startswith(b"data:"):
-                data.append(line[6:] if line[5:6] == b" " else line[5:])
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                data.append(value)
+                size += len(value) + 1
+                if size > limit + 1:
+                    raise self._too_long("one event", size - 1)
             # comments (":...") and other fields carry nothing we use
+        self._data_size = size
         return out
 
     def flush(self) -> list[bytes]:
         """Payloads of an event left unterminated when the stream ended."""
-        rest = self.feed(b"\n\n") if self._buf.strip() or self._data else []
-        self._buf = b""
+        rest = self.feed(b"\n\n") if self._pending or self._data else []
+        self._pending.clear()
+        self._after_cr = False
+        self._data.clear()
+        self._data_size = 0
         return rest
+
+    def _too_long(self, what: str, size: int) -> StreamError:
+        return StreamError(
+            f"the server sent {what} of {_size(size)} or more, past the limit of"
+            f" {_size(self._limit)} per event: not an event stream, or events larger than"
+            " expected; raise --max-event-mb if the server really sends events that large"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def sse_events_reference(
+    stream: bytes, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> list[bytes]:
+    """Slow reference for `SSEDecoder`: the payloads of a whole stream (every read, then
+    `flush()`), framed at once by the WHATWG rules spelled out byte by byte.
+
+    Raises `StreamError` where the decoder must: a line, or the data of one event, longer
+    than `max_event_bytes`.
+    """
+    lines: list[bytes] = []
+    line = bytearray()
+    i = 0
+    while i < len(stream):
+        byte = stream[i : i + 1]
+        if byte in (b"\r", b"\n"):
+            lines.append(bytes(line))
+            line.clear()
+            if stream[i : i + 2] == b"\r\n":
+                i += 1  # CRLF is one line end
+        else:
+            line += byte
+        i += 1
+    lines.append(bytes(line))  # unterminated: flush() reads it as a last line
+    payloads: list[bytes] = []
+    data: list[bytes] = []
+    for text in lines:
+        if len(text) > max_event_bytes:
+            raise StreamError(f"a line of {len(text)} bytes, past the limit {max_event_bytes}")
+        name, colon, value = text.partition(b":")
+        if not text:
+            if data:
+                payloads.append(b"\n".join(data))
+            data = []
+        elif name == b"data" and colon:
+            data.append(value[1:] if value.startswith(b" ") else value)
+            if len(b"\n".join(data)) > max_event_bytes:
+                raise StreamError(f"an event past the limit {max_event_bytes}")
+    if data:
+        payloads.append(b"\n".join(data))
+    return payloads
 
 
 # --- the fields we read; everything else in a chunk is skipped by msgspec -------------------
@@ -141,6 +233,8 @@ class Decoded:
     finish_reason: str | None = None
     usage: dict[str, int] = field(default_factory=dict)
     done: bool = False  # `data: [DONE]` was seen; anything after it is ignored
+    empty_rows: int = 0  # token positions that came with no logprob at all
+    unscored: str | None = None  # the first text that arrived without any logprob entry
 
 
 def top_k_matrix(rows: list[list[float | None]], k: int) -> np.ndarray:
@@ -188,12 +282,14 @@ def _error_message(chunk: _Chunk) -> str | None:
     return None
 
 
-def decode_payloads(payloads: list[bytes], k: int) -> Decoded:
+def decode_payloads(payloads: list[bytes], k: int, offset: int = 0) -> Decoded:
     """Decode the SSE payloads of one read into one batch (fast path).
 
     All payloads are decoded by one msgspec call, as a JSON array, so the per-call cost is
-    paid once per network read rather than once per token. Raises `StreamError` for an
-    in-stream error object or a payload that is not JSON.
+    paid once per network read rather than once per token. Logprobs are sanitised here, the
+    one place they enter: see `sanitise`. `offset` is the number of tokens the stream
+    delivered before this read, so errors can name the token. Raises `StreamError` for an
+    in-stream error object, a payload that is not JSON, or a NaN logprob.
     """
     done = False
     for i, p in enumerate(payloads):
@@ -203,17 +299,22 @@ def decode_payloads(payloads: list[bytes], k: int) -> Decoded:
     if not payloads:
         return Decoded(np.empty((0, k)), done=done)
     if len(payloads) == 1:
-        chunks = [_decode_one(payloads[0])]
+        chunks = [_decode_one(payloads[0], offset)]
     else:
         try:
             chunks = _CHUNKS.decode(b"[" + b",".join(payloads) + b"]")
         except (msgspec.DecodeError, msgspec.ValidationError):
-            chunks = [_decode_one(p) for p in payloads]  # finds and reports the bad one
+            # One payload is not plain JSON: decode one at a time to find it (and to read
+            # the non-standard numbers some servers write, see _decode_one).
+            chunks = []
+            for p in payloads:
+                chunks.append(_decode_one(p, offset + sum(_rows_in(c) for c in chunks)))
     rows: list[list[float | None]] = []
     text: list[str] = []
     reasoning: list[str] = []
     finish: str | None = None
     usage: dict[str, int] = {}
+    unscored: str | None = None
     for chunk in chunks:
         if chunk.choices is None:
             msg = _error_message(chunk)
@@ -223,6 +324,7 @@ def decode_payloads(payloads: list[bytes], k: int) -> Decoded:
             for choice in chunk.choices:
                 if choice.index != 0:
                     continue  # n=1 requests: other choices cannot occur
+                scored = len(rows)
                 lp = choice.logprobs
                 if lp is not None:
                     if lp.content is not None:
@@ -234,6 +336,7 @@ def decode_payloads(payloads: list[bytes], k: int) -> Decoded:
                             rows.append(list(d.values()) if d else [])
                     elif lp.token_logprobs is not None:
                         rows.extend([] for _ in lp.token_logprobs)
+                scored = len(rows) > scored
                 delta = choice.delta
                 if delta is not None:
                     if delta.content:
@@ -241,24 +344,102 @@ def decode_payloads(payloads: list[bytes], k: int) -> Decoded:
                     r = delta.reasoning_content or delta.reasoning
                     if r:
                         reasoning.append(r)
-                elif choice.text:
-                    text.append(choice.text)
+                    piece = delta.content or r
+                else:
+                    piece = choice.text
+                    if piece:
+                        text.append(piece)
+                if piece and not scored and unscored is None:
+                    unscored = piece
                 if choice.finish_reason is not None:
                     finish = choice.finish_reason
         if chunk.usage:
             usage = {key: v for key, v in chunk.usage.items() if isinstance(v, int)}
-    return Decoded(top_k_matrix(rows, k), "".join(text), "".join(reasoning), finish, usage, done)
+    matrix = sanitise(top_k_matrix(rows, k))
+    return Decoded(
+        matrix,
+        "".join(text),
+        "".join(reasoning),
+        finish,
+        usage,
+        done,
+        _empty_rows(matrix),
+        unscored,
+    )
 
 
-def _decode_one(payload: bytes) -> _Chunk:
+def sanitise(top_logprobs: np.ndarray) -> np.ndarray:
+    """Clamp logprobs into [LOGPROB_FLOOR, 0] in place; NaN (a missing entry) stays NaN.
+
+    A logprob above 0 is a rounding artefact (+1e-6 with k=1) or a broken server; below the
+    floor are -inf, -1e308 and OpenAI's -9999 placeholders, which averaged raw would swamp
+    a confidence or overflow a sum to -inf. After this every confidence, threshold and vote
+    weight downstream is finite by construction.
+    """
+    return np.clip(top_logprobs, LOGPROB_FLOOR, 0.0, out=top_logprobs)
+
+
+def _empty_rows(matrix: np.ndarray) -> int:
+    """Positions that carry no logprob at all (largest first: an empty column 0 is an
+    empty row)."""
+    if matrix.shape[1] == 0:
+        return matrix.shape[0]
+    return int(np.isnan(matrix[:, 0]).sum())
+
+
+def _rows_in(chunk: _Chunk) -> int:
+    """Token positions one decoded chunk carries (for error positions)."""
+    n = 0
+    for choice in chunk.choices or []:
+        lp = choice.logprobs
+        if choice.index == 0 and lp is not None:
+            n += len(lp.content or lp.top_logprobs or lp.token_logprobs or [])
+    return n
+
+
+def _nan_row(chunk: _Chunk) -> int | None:
+    """0-based position within the chunk of the first token whose top logprobs hold a NaN."""
+    row = 0
+    for choice in chunk.choices or []:
+        lp = choice.logprobs
+        if choice.index != 0 or lp is None:
+            continue
+        if lp.content is not None:
+            values = [[t.logprob for t in tok.top_logprobs or []] for tok in lp.content]
+        else:
+            values = [list((d or {}).values()) for d in lp.top_logprobs or []]
+        for vals in values:
+            if any(v is not None and math.isnan(v) for v in vals):
+                return row
+            row += 1
+    return None
+
+
+def _decode_one(payload: bytes, offset: int = 0) -> _Chunk:
+    """One payload. Strict JSON goes through msgspec; a payload msgspec refuses is read
+    again by the json module, which also takes the NaN, Infinity and 1e400 some servers
+    write (Python's json.dumps does): infinities are clamped later, NaN fails the trace
+    naming its token."""
     try:
         return _CHUNK.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         shown = payload[:200].decode("utf-8", "replace")
-        raise StreamError(f"the server sent an unreadable stream chunk ({exc}): {shown!r}") from exc
+        try:
+            chunk = msgspec.convert(json.loads(payload), _Chunk)
+        except (ValueError, msgspec.ValidationError):
+            raise StreamError(
+                f"the server sent an unreadable stream chunk ({exc}): {shown!r}"
+            ) from exc
+        row = _nan_row(chunk)
+        if row is not None:
+            raise StreamError(
+                f"the server sent NaN as a logprob at token {offset + row + 1}: its logprobs"
+                " are broken, so this trace cannot be scored"
+            ) from exc
+        return chunk
 
 
-def decode_payloads_reference(payloads: list[bytes], k: int) -> Decoded:
+def decode_payloads_reference(payloads: list[bytes], k: int, offset: int = 0) -> Decoded:
     """Slow reference for `decode_payloads`: json module, one payload at a time, plain loops."""
     out = Decoded(np.empty((0, k)))
     rows: list[list[float]] = []
@@ -278,36 +459,48 @@ def decode_payloads_reference(payloads: list[bytes], k: int) -> Decoded:
         for choice in obj.get("choices") or []:
             if choice.get("index", 0) != 0:
                 continue
+            before = len(rows)
             lp = choice.get("logprobs") or {}
             if lp.get("content") is not None:
                 for tok in lp["content"]:
                     tops = tok.get("top_logprobs") or []
-                    vals = [t.get("logprob") for t in tops]
-                    vals = [math.nan if v is None else float(v) for v in vals]
-                    if len(vals) > k and vals[-1] in vals[:-1]:
-                        vals = vals[:-1]  # llama.cpp's appended sampled token
-                    rows.append(vals)
+                    rows.append(_reference_row([t.get("logprob") for t in tops], k))
             elif lp.get("top_logprobs") is not None:
                 for d in lp["top_logprobs"]:
-                    vals = [math.nan if v is None else float(v) for v in (d or {}).values()]
-                    if len(vals) > k and vals[-1] in vals[:-1]:
-                        vals = vals[:-1]
-                    rows.append(vals)
+                    rows.append(_reference_row(list((d or {}).values()), k))
             elif lp.get("token_logprobs") is not None:
                 rows.extend([] for _ in lp["token_logprobs"])
+            for i in range(before, len(rows)):
+                if any(math.isnan(v) for v in rows[i] if v is not None):
+                    raise StreamError(f"the server sent NaN as a logprob at token {offset + i + 1}")
             delta = choice.get("delta")
             if delta is not None:
-                out.text += delta.get("content") or ""
-                out.reasoning += delta.get("reasoning_content") or delta.get("reasoning") or ""
+                piece = delta.get("content") or ""
+                out.text += piece
+                r = delta.get("reasoning_content") or delta.get("reasoning") or ""
+                out.reasoning += r
+                piece = piece or r
             else:
-                out.text += choice.get("text") or ""
+                piece = choice.get("text") or ""
+                out.text += piece
+            if piece and len(rows) == before and out.unscored is None:
+                out.unscored = piece
             if choice.get("finish_reason") is not None:
                 out.finish_reason = choice["finish_reason"]
         if obj.get("usage"):
             out.usage = {key: v for key, v in obj["usage"].items() if isinstance(v, int)}
     matrix = np.full((len(rows), k), np.nan)
     for i, vals in enumerate(rows):
-        present = sorted((v for v in vals if not math.isnan(v)), reverse=True)[:k]
-        matrix[i, : len(present)] = present
+        present = sorted((float(v) for v in vals if v is not None), reverse=True)[:k]
+        clamped = [min(0.0, max(LOGPROB_FLOOR, v)) for v in present]
+        matrix[i, : len(clamped)] = clamped
+        out.empty_rows += not clamped
     out.top_logprobs = matrix
     return out
+
+
+def _reference_row(values: list[float | None], k: int) -> list[float | None]:
+    """One position's values, minus llama.cpp's appended copy of the sampled token."""
+    if len(values) > k and values[-1] in values[:-1]:
+        values = values[:-1]
+    return values

@@ -29,9 +29,11 @@ from deepconf.cli_common import (
     BaseUrl,
     Budget,
     Concurrency,
+    MaxEventMb,
     MaxTokens,
     Mode,
     ModelName,
+    NoProbe,
     OfflineMethod,
     RequestsPerSecond,
     Seed,
@@ -42,6 +44,7 @@ from deepconf.cli_common import (
     TokenBudget,
     TopLogprobs,
     TopP,
+    TraceTimeout,
     Variant,
     Warmup,
     Window,
@@ -51,6 +54,7 @@ from deepconf.cli_common import (
     fail,
     note,
 )
+from deepconf.doctor_command import doctor_command
 from deepconf.errors import ConfigError, DeepConfError
 from deepconf.eval.commands import eval_command, plot_command, replay_command
 from deepconf.serve_command import serve_command
@@ -187,6 +191,9 @@ def solve(
     api_key: ApiKey = None,
     rps: RequestsPerSecond = None,
     timeout: Timeout = 600.0,
+    trace_timeout: TraceTimeout = None,
+    no_probe: NoProbe = False,
+    max_event_mb: MaxEventMb = 16.0,
     mode: Mode = None,
     variant: Variant = None,
     budget: Budget = None,
@@ -214,7 +221,16 @@ def solve(
     try:
         text = _read_prompt(prompt, file)
         backend = backend_from_flags(
-            base_url, model, api, api_key, rps, timeout, top_logprobs=top_logprobs
+            base_url,
+            model,
+            api,
+            api_key,
+            rps,
+            timeout,
+            top_logprobs=top_logprobs,
+            trace_timeout=trace_timeout,
+            probe=not no_probe,
+            max_event_mb=max_event_mb,
         )
         config = config_from_flags(
             defaults=backend_defaults(backend),
@@ -293,3 +309,4 @@ app.command("serve")(serve_command)
 app.command("eval")(eval_command)
 app.command("replay")(replay_command)
 app.command("plot")(plot_command)
+app.command("doctor")(doctor_command)

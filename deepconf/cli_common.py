@@ -61,7 +61,29 @@ ApiKey = Annotated[
 RequestsPerSecond = Annotated[
     float | None, typer.Option("--rps", help="Limit requests per second to the server.")
 ]
-Timeout = Annotated[float, typer.Option("--timeout", help="Read timeout per stream, seconds.")]
+Timeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="Seconds a stream may go without a new token before its trace fails and is"
+        " replaced (keep-alive comments do not count).",
+    ),
+]
+TraceTimeout = Annotated[
+    float | None,
+    typer.Option("--trace-timeout", help="Wall-clock seconds one trace may take (default: none)."),
+]
+NoProbe = Annotated[
+    bool,
+    typer.Option(
+        "--no-probe",
+        help="Skip the capability probe; the first traces check the server's logprobs instead.",
+    ),
+]
+MaxEventMb = Annotated[
+    float,
+    typer.Option("--max-event-mb", help="Largest server-sent event accepted, in MiB."),
+]
 
 # --- DeepConf flags (None: the backend's default) -------------------------------------------
 Mode = Annotated[str | None, typer.Option("--mode", help="online (Algorithm 2) or offline.")]
@@ -133,6 +155,10 @@ def backend_from_flags(
     rps: float | None = None,
     timeout: float = 600.0,
     top_logprobs: int | None = None,
+    *,
+    trace_timeout: float | None = None,
+    probe: bool = True,
+    max_event_mb: float = 16.0,
 ) -> Backend:
     """The HTTP backend when base URLs are given, else the bundled in-process model.
 
@@ -154,7 +180,10 @@ def backend_from_flags(
             api=api,
             api_key=api_key or os.environ.get("OPENAI_API_KEY"),
             requests_per_second=rps,
-            read_timeout=timeout,
+            token_timeout=timeout,
+            trace_timeout=trace_timeout,
+            probe=probe,
+            max_event_bytes=int(max_event_mb * 2**20),
             top_logprobs=top_logprobs or DeepConfConfig().confidence.top_logprobs,
         )
     except ValueError as exc:

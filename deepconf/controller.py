@@ -29,7 +29,15 @@ import numpy as np
 from deepconf.backend import Backend, Prompt, TokenBatch, TraceRequest
 from deepconf.confidence import GroupWindow, group_confidences, token_confidence, trace_metrics
 from deepconf.config import DeepConfConfig
-from deepconf.errors import BackendError
+from deepconf.errors import (
+    BackendError,
+    CapabilityError,
+    ConnectError,
+    RateLimitedError,
+    RequestRejectedError,
+    ServerError,
+    StreamError,
+)
 from deepconf.result import Progress, SolveResult, TokenTotals
 from deepconf.trace import FORMULA, TraceRecord, TraceStatus, TraceWriter
 from deepconf.voting import AnswerKeys, VoteTable, extract_answer, vote
@@ -59,7 +67,8 @@ class _TraceState:
     status: TraceStatus | None = None
     finish_reason: str | None = None
     pruned_at: int | None = None
-    error: str | None = None
+    error: BackendError | None = None
+    server_tokens: int | None = None  # completion tokens the server's usage reported
 
 
 class DeepConf:
@@ -149,7 +158,8 @@ class SolveRun:
         self.table: VoteTable = vote([], keys=self.keys)
         self.stop_reason: str | None = None
         self.fatal: BackendError | None = None
-        self._failure_streak: list[str] = []
+        self._failure_streak: list[BackendError] = []
+        self._errors: dict[int, BackendError] = {}  # failed traces' errors, until settled
         self._tg: asyncio.TaskGroup | None = None
         self._last_progress = 0.0
         self._progress_broken = False
@@ -212,13 +222,14 @@ class SolveRun:
     def _settle(self, record: TraceRecord, on_finish: Callable[[TraceRecord], None] | None) -> int:
         """Account for one ended trace; 1 if it counts toward the phase's target."""
         if record.status is TraceStatus.FAILED:
-            self._failure_streak.append(record.error or "unknown error")
-            if len(self._failure_streak) >= self.config.budget and self.fatal is None:
-                self.fatal = BackendError(
-                    f"{len(self._failure_streak)} traces failed in a row, so deepconf gave up;"
-                    f" the first error was: {self._failure_streak[0]}. Check that the server"
-                    " is up and serves the model with logprobs, then retry."
-                )
+            error = self._errors.pop(record.index, None) or BackendError(record.error or "")
+            self._failure_streak.append(error)
+            # No retry fixes a missing capability: stop at the first, not after `budget`.
+            if self.fatal is None and (
+                isinstance(error, CapabilityError)
+                or len(self._failure_streak) >= self.config.budget
+            ):
+                self.fatal = give_up(self._failure_streak)
                 self.stop_reason = "failed"
             return 0
         self._failure_streak.clear()
@@ -279,10 +290,14 @@ class SolveRun:
             # A BackendError, or anything else raised mid-stream: this trace failed and
             # will be replaced; the solve goes on (a streak of failures stops it).
             st.status = TraceStatus.FAILED
-            st.error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
+            st.error = exc if isinstance(exc, BackendError) else StreamError(_described(exc))
         if st.status is None:
-            truncated = st.finish_reason == "length"
-            st.status = TraceStatus.TRUNCATED if truncated else TraceStatus.COMPLETED
+            st.error = _unfinished(st)
+            if st.error is not None:
+                st.status = TraceStatus.FAILED
+            else:
+                truncated = st.finish_reason == "length"
+                st.status = TraceStatus.TRUNCATED if truncated else TraceStatus.COMPLETED
         self._finish(st)
 
     def _consume(self, st: _TraceState, batch: TokenBatch) -> bool:
@@ -294,6 +309,8 @@ class SolveRun:
             st.reasoning.append(batch.reasoning)
         if batch.finish_reason is not None:
             st.finish_reason = batch.finish_reason
+        if "completion_tokens" in batch.usage:
+            st.server_tokens = batch.usage["completion_tokens"]
         if n:
             confs = token_confidence(batch.top_logprobs)  # (n,)
             st.confs.append(confs)
@@ -355,7 +372,8 @@ class SolveRun:
             answer=answer,
             metrics=metrics,
             finish_reason=st.finish_reason,
-            error=st.error,
+            error=str(st.error) if st.error is not None else None,
+            server_tokens=st.server_tokens,
             seed=st.seed,
             pruned_at=st.pruned_at,
             elapsed=time.monotonic() - st.started,
@@ -363,6 +381,8 @@ class SolveRun:
         )
         self.records.append(record)
         self.counts[record.status] += 1
+        if st.error is not None:
+            self._errors[record.index] = st.error
         if self.writer is not None:
             self.writer.write(record)
         self.done.put_nowait(record)
@@ -461,3 +481,56 @@ class SolveRun:
             # GPU time: log it once and stop calling it.
             log.exception("on_progress raised; progress reporting is switched off")
             self._progress_broken = True
+
+
+def _described(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _unfinished(st: _TraceState) -> StreamError | None:
+    """Why a stream that ended without an error still cannot count, or None. A trace counts
+    only what arrived with a finish reason, and a trace with no scored token has no
+    confidence to vote with (backends check the details; this holds for every backend)."""
+    if st.finish_reason is None:
+        return StreamError(
+            f"the stream ended after {st.tokens} tokens without a finish reason: the backend"
+            " cut the trace short, so it is not counted"
+        )
+    if st.tokens == 0:
+        return StreamError(
+            f"the stream ended (finish reason {st.finish_reason!r}) before any token with"
+            " logprobs arrived: there is nothing to score, so the trace is not counted"
+        )
+    return None
+
+
+# What to do next, by the kind of failure that stopped a solve.
+_ADVICE: list[tuple[type[BackendError], str]] = [
+    (CapabilityError, "Fix the server's logprobs as the error says, then retry."),
+    (
+        RateLimitedError,
+        "The server kept rate limiting: lower --concurrency or set --requests-per-second.",
+    ),
+    (ConnectError, "The server is unreachable: start it or fix --base-url, then retry."),
+    (ServerError, "The server keeps failing (HTTP 5xx): its log says why."),
+    (RequestRejectedError, "The server refuses the request itself: see its reason above."),
+    (
+        StreamError,
+        "Its streams are broken: run `deepconf doctor --base-url URL` to see what it sends.",
+    ),
+]
+
+
+def give_up(streak: list[BackendError]) -> BackendError:
+    """The error that ends a solve after a streak of failed traces: the first error, and
+    advice for the most common kind in the streak."""
+    kinds = [next((k for k, _ in _ADVICE if isinstance(e, k)), BackendError) for e in streak]
+    common = max(set(kinds), key=kinds.count)
+    advice = dict(_ADVICE).get(common, "See the error above, then retry.")
+    lead = "a trace failed" if len(streak) == 1 else f"{len(streak)} traces failed in a row"
+    first = str(streak[0]).rstrip(".")
+    message = f"{lead}, so deepconf gave up; the first error was: {first}. {advice}"
+    # The first error's type travels on, so `serve` answers 429 / 502 as the cause deserves.
+    if isinstance(streak[0], RateLimitedError):
+        return RateLimitedError(message, streak[0].retry_after)
+    return type(streak[0])(message)

@@ -19,8 +19,10 @@ import typer
 from deepconf.cli_common import (
     Budget,
     Concurrency,
+    MaxEventMb,
     MaxTokens,
     Mode,
+    NoProbe,
     OfflineMethod,
     RequestsPerSecond,
     Seed,
@@ -30,6 +32,7 @@ from deepconf.cli_common import (
     TokenBudget,
     TopLogprobs,
     TopP,
+    TraceTimeout,
     Variant,
     Warmup,
     Window,
@@ -93,6 +96,9 @@ def serve_command(
     ] = 8 * 1024 * 1024,
     rps: RequestsPerSecond = None,
     timeout: Timeout = 600.0,
+    trace_timeout: TraceTimeout = None,
+    no_probe: NoProbe = False,
+    max_event_mb: MaxEventMb = 16.0,
     mode: Mode = None,
     variant: Variant = None,
     budget: Budget = None,
@@ -136,7 +142,17 @@ def serve_command(
 
         def factory(model: str, endpoint: str) -> Backend:
             # the endpoint a request arrives on picks the upstream's chat or completions API
-            return backend_from_flags(urls, model, endpoint, upstream_key, rps, timeout)
+            return backend_from_flags(
+                urls,
+                model,
+                endpoint,
+                upstream_key,
+                rps,
+                timeout,
+                trace_timeout=trace_timeout,
+                probe=not no_probe,
+                max_event_mb=max_event_mb,
+            )
 
         app = create_app(
             factory,

@@ -85,6 +85,7 @@ class TraceRecord:
     pruned_at: int | None = None
     elapsed: float = 0.0  # seconds from launch to end
     threshold: float | None = None  # the prune threshold in force, when known
+    server_tokens: int | None = None  # completion tokens the server's usage reported
 
     @property
     def finished(self) -> bool:
@@ -106,6 +107,7 @@ class TraceRecord:
             "error": self.error,
             "seed": self.seed,
             "elapsed": round(self.elapsed, 4),
+            "server_tokens": self.server_tokens,
             "text": self.text,
             "reasoning": self.reasoning,
         }
@@ -134,6 +136,7 @@ class TraceRecord:
                 pruned_at=d.get("pruned_at"),
                 elapsed=float(d.get("elapsed", 0.0)),
                 threshold=d.get("threshold"),
+                server_tokens=d.get("server_tokens"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(

@@ -28,8 +28,10 @@ from deepconf.cli_common import (
     BaseUrl,
     Budget,
     Concurrency,
+    MaxEventMb,
     MaxTokens,
     ModelName,
+    NoProbe,
     RequestsPerSecond,
     Seed,
     System,
@@ -39,6 +41,7 @@ from deepconf.cli_common import (
     TokenBudget,
     TopLogprobs,
     TopP,
+    TraceTimeout,
     Warmup,
     Window,
     backend_defaults,
@@ -203,6 +206,9 @@ def eval_command(
     api_key: ApiKey = None,
     rps: RequestsPerSecond = None,
     timeout: Timeout = 600.0,
+    trace_timeout: TraceTimeout = None,
+    no_probe: NoProbe = False,
+    max_event_mb: MaxEventMb = 16.0,
     budget: Budget = None,
     token_budget: TokenBudget = None,
     warmup: Warmup = None,
@@ -230,7 +236,18 @@ def eval_command(
                 raise ConfigError(f"--limit must be at least 1, got {limit}")
             problems = problems[:limit]
         chosen = parse_methods(methods)
-        backend = backend_from_flags(base_url, model, api, api_key, rps, timeout, top_logprobs)
+        backend = backend_from_flags(
+            base_url,
+            model,
+            api,
+            api_key,
+            rps,
+            timeout,
+            top_logprobs,
+            trace_timeout=trace_timeout,
+            probe=not no_probe,
+            max_event_mb=max_event_mb,
+        )
         config = config_from_flags(
             defaults=backend_defaults(backend),
             budget=budget,
