@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import threading
 import time
@@ -86,6 +87,12 @@ class Script:
     html: bool = False  # answer 200 with an HTML error page instead of an event stream
     no_newline_bytes: int | None = None  # send this many bytes of one line that never ends
     usage_tokens: int | None = None  # completion_tokens the usage chunk claims (a mismatch)
+    # --- logprob semantics a real server may have (what `deepconf doctor` tells apart)
+    # "processed": top logprobs after the request's temperature (SGLang's default, vLLM's
+    # processed_logprobs), renormalised over the script's entries; "raw": as scripted.
+    logprob_mode: str = "raw"
+    collide_every: int | None = None  # every Nth token one entry fewer (equal token strings)
+    placeholder: float | None = None  # every logprob sent is this (0.0 or -9999.0: fake ones)
 
     @classmethod
     def from_text(
@@ -142,6 +149,7 @@ class ScriptedServer(LoopbackServer):
         choose: Callable[[int, dict[str, Any]], Script | None] | None = None,
         model: str = MODEL,
         interrupt_when_busy: bool = False,
+        ignore_disconnect: bool = False,
     ) -> None:
         self.default = default or Script.from_text("Hello there, friend.")
         self.by_seed = dict(by_seed or {})
@@ -149,6 +157,9 @@ class ScriptedServer(LoopbackServer):
         self.model = model
         # llama-cpp-python's default: a stream ends early whenever a newer request arrives
         self.interrupt_when_busy = interrupt_when_busy
+        # a server whose generation outlives its client (llama.cpp #11720, vLLM #54947): after
+        # a disconnect it keeps "generating" the rest at the script's pace, and /metrics counts it
+        self.ignore_disconnect = ignore_disconnect
         self.running = 0  # streams in progress: GET /metrics reports it as vLLM does
         super().__init__(self._app, lifespan="off", backlog=4096, interface="asgi3")
         self.requests: list[dict[str, Any]] = []  # every request: path, headers, body, status
@@ -238,7 +249,7 @@ class ScriptedServer(LoopbackServer):
         chat: bool,
     ) -> None:
         max_tokens = int(body.get("max_tokens") or len(script.tokens))
-        tokens = script.tokens[:max_tokens]
+        tokens = _as_served(script, script.tokens[:max_tokens], body)
         finish = script.finish_reason if len(script.tokens) <= max_tokens else "length"
         rec = StreamRecord(path, body, headers, len(tokens))
         with self._lock:
@@ -289,6 +300,8 @@ class ScriptedServer(LoopbackServer):
             while sent < len(tokens):
                 if gone.is_set():
                     rec.disconnected = True
+                    if self.ignore_disconnect:
+                        await asyncio.sleep(script.delay * (len(tokens) - sent))
                     return
                 if sent == script.stall_after:
                     await self._stall(send, gone, script.keepalive)
@@ -310,18 +323,12 @@ class ScriptedServer(LoopbackServer):
                 group = tokens[sent : min(sent + script.tokens_per_chunk, limit)]
                 last = sent + len(group) == len(tokens)
                 null = script.null_logprobs_after is not None and sent >= script.null_logprobs_after
-                await _event(
-                    send,
-                    _chunk(
-                        chat,
-                        self.model,
-                        group,
-                        k,
-                        wants and not null,
-                        finish if last else None,
-                        script,
-                    ),
+                chunk = _chunk(
+                    chat, self.model, group, k, wants and not null, finish if last else None, script
                 )
+                if script.collide_every:
+                    _collide(chunk, sent, script.collide_every)
+                await _event(send, chunk)
                 sent += len(group)
                 rec.tokens_sent = sent
                 if sent == script.drop_after:
@@ -426,6 +433,44 @@ def _completion_entry(tok: ScriptToken, k: int, script: Script) -> dict[str, flo
         entry[tok.text] = min(tok.top) - 1.0
         return entry
     return {(tok.text if j == 0 else f"<alt{j}>"): v for j, v in enumerate(tok.top[:k])}
+
+
+def _as_served(
+    script: Script, tokens: list[ScriptToken], body: dict[str, Any]
+) -> list[ScriptToken]:
+    """The tokens with their logprobs as this request sees them: placeholders, or after the
+    request's temperature (log-softmax of logprob / T over the scripted entries)."""
+    if script.placeholder is not None:
+        return [ScriptToken(t.text, [script.placeholder] * len(t.top), t.reasoning) for t in tokens]
+    if script.logprob_mode != "processed":
+        return tokens
+    temperature = float(body.get("temperature") or 1.0)  # 0 (greedy) taken as 1
+    out = []
+    for t in tokens:
+        scaled = [v / temperature for v in t.top]
+        peak = max(scaled)
+        norm = peak + math.log(sum(math.exp(v - peak) for v in scaled))
+        out.append(ScriptToken(t.text, [v - norm for v in scaled], t.reasoning))
+    return out
+
+
+def _collide(chunk: dict[str, Any], first: int, every: int) -> None:
+    """At every `every`-th token position two alternatives decode to the same string, so the
+    position arrives with one entry fewer (llama.cpp drops it in chat lists and completions
+    dicts alike)."""
+    logprobs = chunk["choices"][0]["logprobs"]
+    if not logprobs:
+        return
+    entries = logprobs["content"] if "content" in logprobs else logprobs["top_logprobs"]
+    for i, entry in enumerate(entries):
+        if (first + i) % every:
+            continue
+        if isinstance(entry, dict) and "top_logprobs" in entry:  # chat: a list, sampled first
+            entry["top_logprobs"] = entry["top_logprobs"][:-1]
+        else:  # completions: a dict keyed by token string; drop the last alternative
+            alts = [key for key in entry if key.startswith("<alt")]
+            if alts:
+                del entry[alts[-1]]
 
 
 def _chunk(
