@@ -30,6 +30,7 @@ their own (concurrency, abort, tokens/s).
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -177,7 +178,8 @@ def check_top_logprobs(sample: StreamSample, k: int) -> Finding:
                 " server (OpenAI's reasoning models and some hosted APIs return none)"
             )
             return Finding(name, result, "FAIL", fix)
-        return Finding(name, "the model wrote no tokens to judge", "unknown", "try --model")
+        result = "the model wrote no tokens to judge, even with ignore_eos"
+        return Finding(name, result, "unknown", "check the model's chat template, or try --api")
     typical = int(statistics.median(sample.counts))
     if typical == 0:
         result = f"token entries arrive, but with no top logprobs ({k} asked)"
@@ -203,7 +205,7 @@ def check_values(sample: StreamSample) -> Finding:
     values = [v for p in sample.positions for _, v in p.top]
     if not values:
         return Finding(name, "no logprobs to judge", "unknown")
-    nans = sum(v != v for v in values)
+    nans = sum(math.isnan(v) for v in values)
     if nans:
         result = f"{nans} NaN values"
         fix = "a server bug (vLLM does not clamp NaN): DeepConf fails such traces; upgrade it"
