@@ -93,6 +93,7 @@ class Script:
     logprob_mode: str = "raw"
     collide_every: int | None = None  # every Nth token one entry fewer (equal token strings)
     placeholder: float | None = None  # every logprob sent is this (0.0 or -9999.0: fake ones)
+    status: int | None = None  # answer this HTTP status (with Retry-After: 0), not a stream
 
     @classmethod
     def from_text(
@@ -226,6 +227,9 @@ class ScriptedServer(LoopbackServer):
         with self._lock:
             number, self._served = self._served, self._served + 1
         script = self._script(number, body)
+        if script.status is not None:
+            said = {"error": {"message": f"scripted status {script.status}"}}
+            return await _json(send, script.status, said, [(b"retry-after", b"0")])
         await self._stream(send, receive, script, body, headers, path, chat)
 
     def _script(self, number: int, body: dict[str, Any]) -> Script:
