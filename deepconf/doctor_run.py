@@ -289,8 +289,10 @@ def _rate_finding(name: str, rate: float, tokens: int, seconds: float, failed: i
     if not tokens:
         return Finding(name, "no logprob entries to count tokens by", "unknown")
     result = f"{rate:,.0f} tokens/s ({tokens} tokens in {seconds:.2f} s"
-    result += f"; {failed} streams failed or were cut)" if failed else ")"
-    return Finding(name, result, "ok")
+    if failed:  # the rate then says little: the cause is judged by the streaming checks
+        result += f"; {failed} streams failed or were cut)"
+        return Finding(name, result, "warn", "see the streaming and concurrent streams rows")
+    return Finding(name, result + ")", "ok")
 
 
 __all__ = ["MIN_TOKENS", "check_abort", "check_concurrency", "check_throughput", "diagnose"]
