@@ -12,9 +12,12 @@ confidence work after parsing: the (n, k) logprob matrix -> `token_confidence` -
     openai SDK         openai.AsyncOpenAI streaming over httpx.MockTransport (pydantic chunks)
 
 Every path must end at the same lowest group confidence; the run fails loudly otherwise.
+`--long-lines` measures the SSE framing alone instead: single-event lines of 1, 16 and 32 MiB
+in 16 and 64 KiB reads, and the vLLM stream, for `SSEDecoder` beside the old quadratic one.
 
     python -m deepconf.eval.bench_stream                   # 4000 tokens, k=20, window 2048
     python -m deepconf.eval.bench_stream --tokens 20000 --per-chunk 1 4
+    python -m deepconf.eval.bench_stream --long-lines --line-mib 1 16 32 --read-kib 16 64
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import string
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 import numpy as np
@@ -199,6 +203,91 @@ async def run_openai_sdk(pieces: list[bytes], window: int) -> Sink:
     return sink
 
 
+# --- framing only, long lines (--long-lines) --------------------------------------------------
+
+
+class OldQuadraticSSEDecoder:
+    """THE OLD FRAMING, kept here only to measure against: `SSEDecoder.feed` as it was before
+    it was made linear. It joined the incomplete line to every read (`buf + chunk`) and
+    searched it all again, so one line arriving in many reads cost quadratic time."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            keep_cr = buf.endswith(b"\r")
+            buf = buf[:-1] if keep_cr else buf
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if keep_cr:
+                buf += b"\r"
+        end = buf.rfind(b"\n")
+        if end < 0:
+            self._buf = buf
+            return []
+        self._buf = buf[end + 1 :]
+        out: list[bytes] = []
+        data = self._data
+        for line in buf[:end].split(b"\n"):
+            if not line:
+                if data:
+                    out.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data.clear()
+            elif line.startswith(b"data:"):
+                data.append(line[6:] if line[5:6] == b" " else line[5:])
+        return out
+
+
+class _Framer(Protocol):
+    def feed(self, chunk: bytes, /) -> list[bytes]: ...
+
+
+def framing_seconds(
+    make: Callable[[], _Framer], pieces: list[bytes], n_events: int, repeats: int
+) -> float:
+    """Best time to frame `pieces`; a path already past 2 s stops repeating (the old one)."""
+    best, spent = float("inf"), 0.0
+    for _ in range(repeats):
+        decoder = make()
+        start = time.perf_counter()
+        n = sum(len(decoder.feed(piece)) for piece in pieces)
+        took = time.perf_counter() - start
+        assert n == n_events, f"framed {n} events, not {n_events}"
+        best, spent = min(best, took), spent + took
+        if spent > 2.0:
+            break
+    return best
+
+
+def bench_framing(line_mib: list[int], read_kib: list[int], repeats: int) -> None:
+    """MB/s of the new and the old framing, side by side: long single-event lines in fixed-size
+    reads, then the ordinary vLLM stream (many small events per read)."""
+    limit = (max(line_mib) + 1) * 2**20  # above the longest line: measure, don't refuse
+    paths: list[tuple[str, Callable[[], _Framer]]] = [
+        ("new", lambda: SSEDecoder(max_event_bytes=limit)),
+        ("old", OldQuadraticSSEDecoder),
+    ]
+    cases: list[tuple[str, str, bytes, list[bytes], int]] = []
+    for mib in line_mib:
+        body = b"data: " + b"x" * (mib * 2**20 - 8) + b"\n\n"  # one event of `mib` MiB
+        for kib in read_kib:
+            cases.append((f"{mib} MiB line", f"{kib} KiB", body, split_reads(body, kib * 1024), 1))
+    body = vllm_chat_stream(4000, 1)
+    n = len(split_events(body))
+    cases.append(("vLLM stream", "1/event", body, split_events(body), n))
+    cases.append(("vLLM stream", "64 KiB", body, split_reads(body), n))
+    row = "  {:14s} {:>8s} {:>10s} {:>10s} {:>8s} {:>8s}"
+    print(f"SSE framing only (feed), best of {repeats}, one core; old = the quadratic copy")
+    print(row.format("input", "reads", "new MB/s", "old MB/s", "old s", "new/old"))
+    for name, reads, body, pieces, n in cases:
+        new, old = (framing_seconds(make, pieces, n, repeats) for _, make in paths)
+        mb = len(body) / 1e6
+        cells = f"{mb / new:,.0f}", f"{mb / old:,.1f}", f"{old:.2f}", f"{old / new:.1f}x"
+        print(row.format(name, reads, *cells))
+
+
 # --- harness ----------------------------------------------------------------------------------
 
 
@@ -248,7 +337,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-chunk", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per path")
+    ap.add_argument("--long-lines", action="store_true", help="SSE framing alone, old vs new")
+    ap.add_argument("--line-mib", type=int, nargs="+", default=[1, 16, 32])
+    ap.add_argument("--read-kib", type=int, nargs="+", default=[16, 64])
     args = ap.parse_args(argv)
+    if args.long_lines:
+        bench_framing(args.line_mib, args.read_kib, args.repeats)
+        return
     size = len(vllm_chat_stream(100, 1)) / 100
     print(
         f"{args.tokens} tokens, k={K}, window={args.window}, ~{size:.0f} bytes of SSE per token,"

@@ -12,12 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepconf.backends.sse import (
+    DEFAULT_MAX_EVENT_BYTES,
     SSEDecoder,
     decode_payloads,
     decode_payloads_reference,
+    sse_events_reference,
     top_k_matrix,
 )
-from deepconf.errors import StreamError
+from deepconf.errors import ConfigError, StreamError
 
 
 def chat_chunk(tokens: list[tuple[str, list[float]]], *, reasoning: bool = False, **choice):
@@ -121,6 +123,114 @@ def test_flush_returns_unterminated_event():
     assert dec.feed(b'data: {"a": 1}') == []
     assert dec.flush() == [b'{"a": 1}']
     assert dec.flush() == []
+
+
+# --- framing against the reference; the size limit --------------------------------------------
+
+
+def feed_all(dec: SSEDecoder, stream: bytes, cuts: list[int]) -> list[bytes]:
+    """Every payload of `stream` read in pieces cut at `cuts`, then flushed."""
+    bounds = [0, *sorted(set(cuts)), len(stream)]
+    return [p for a, b in itertools.pairwise(bounds) for p in dec.feed(stream[a:b])] + dec.flush()
+
+
+def test_reference_frames_the_fixed_stream():
+    assert sse_events_reference(STREAM) == EXPECTED
+
+
+_value = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=6)
+_line = st.one_of(
+    st.just(b""),  # ends an event
+    _value.map(lambda v: b"data: " + v.encode()),
+    _value.map(lambda v: b"data:" + v.encode()),
+    _value.map(lambda v: b":" + v.encode()),  # a comment
+    st.sampled_from([b"event: message", b"id: 7", b"retry: 10", b"data", b"Data: x", b"data :x"]),
+    st.integers(100, 3000).map(lambda n: b"data: " + b"x" * n),  # spans many reads
+)
+
+
+@st.composite
+def event_streams(draw):
+    """A stream of arbitrary lines, each ended by LF, CR or CRLF, maybe with an unterminated
+    last line, and the points where the network cuts it into reads."""
+    lines = draw(st.lists(_line, max_size=16))
+    ends = draw(st.lists(st.sampled_from([b"\n", b"\r", b"\r\n"]), min_size=len(lines)))
+    stream = b"".join(line + end for line, end in zip(lines, ends, strict=False))
+    stream += draw(st.sampled_from([b"", b"data: tail", b": tail", b"\r"]))
+    return stream, draw(st.lists(st.integers(0, len(stream)), max_size=12))
+
+
+@given(event_streams())
+@settings(max_examples=300, deadline=None)
+def test_decoder_matches_reference_on_any_stream_and_split(case):
+    """Whatever the lines, line ends and read split (mid-CRLF, mid-UTF-8 character, a long
+    line over many reads), the incremental decoder gives exactly the reference's payloads."""
+    stream, cuts = case
+    assert feed_all(SSEDecoder(), stream, cuts) == sse_events_reference(stream)
+
+
+@given(event_streams(), st.integers(1, 64))
+@settings(max_examples=300, deadline=None)
+def test_limit_matches_reference(case, limit):
+    """With a small limit the decoder raises exactly when the reference does (some line, or
+    one event's data, is longer than the limit), whatever the read split; else they agree."""
+    stream, cuts = case
+    try:
+        expected = sse_events_reference(stream, limit)
+    except StreamError:
+        with pytest.raises(StreamError):
+            feed_all(SSEDecoder(limit), stream, cuts)
+    else:
+        assert feed_all(SSEDecoder(limit), stream, cuts) == expected
+
+
+@pytest.mark.parametrize("start", [b"data: ", b"<html>", b": "])
+def test_never_ending_line_raises_at_the_default_limit(start):
+    """A server that never sends a line end is stopped at the read that crosses 16 MiB, not
+    when the stream ends, and the message says what to do."""
+    dec, fed, mib = SSEDecoder(), 0, b"x" * 2**20
+    with pytest.raises(StreamError, match=r"16\.0 MiB.*--max-event-mb") as err:
+        dec.feed(start)
+        for fed in range(1, 40):  # noqa: B007 (read after the loop)
+            dec.feed(mib)
+    assert fed == 16 and "a line of 16.0 MiB" in str(err.value)
+    assert DEFAULT_MAX_EVENT_BYTES == 16 * 2**20
+
+
+def test_one_huge_event_of_many_data_lines_raises():
+    """Short data lines that never end their event (no blank line) are stopped once the
+    event's data passes the limit."""
+    dec, reads = SSEDecoder(), 0
+    read = (b"data: " + b"x" * 1017 + b"\n") * 64  # 64 KiB: 64 lines of 1 KiB data each
+    with pytest.raises(StreamError, match=r"one event of 16\.0 MiB"):
+        for reads in range(1, 400):  # noqa: B007 (read after the loop)
+            dec.feed(read)
+    assert reads == 16 * 2**20 // (1018 * 64) + 1
+
+
+def test_limit_is_settable():
+    """A line of exactly the limit passes, and so does an event whose data (two lines joined)
+    is exactly the limit, twice in a row (the limit is per event), in one read or many; one
+    byte more raises, whether one event's data or a line of any kind; a limit below 1 is
+    refused."""
+    limit = 1000
+    line = b"data: " + b"a" * (limit - 6) + b"\n\n"
+    event = b"data: " + b"a" * 499 + b"\r\ndata: " + b"b" * 500 + b"\r\n\r\n"
+    for stream, size in ((line * 2, limit - 6), (event * 2, limit)):
+        for read in (len(stream), 7, 1):
+            dec = SSEDecoder(max_event_bytes=limit)
+            payloads = feed_all(dec, stream, [*range(0, len(stream), read)])
+            assert [len(p) for p in payloads] == [size, size]
+    too_long = (
+        b"data: " + b"a" * (limit - 5) + b"\n\n",  # a line
+        b":" + b"c" * limit + b"\n\n",  # a comment line
+        event.replace(b"b" * 500, b"b" * 501),  # one event's data
+    )
+    for stream in too_long:
+        with pytest.raises(StreamError, match=r"1,001 bytes or more, past the limit of 1,000"):
+            SSEDecoder(limit).feed(stream)
+    with pytest.raises(ConfigError, match="at least 1"):
+        SSEDecoder(0)
 
 
 # --- chunk decoding ----------------------------------------------------------------------------
