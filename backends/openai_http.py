@@ -5,9 +5,13 @@ Works with vLLM, SGLang, llama.cpp's server and hosted APIs, over /v1/chat/compl
 that generation: the generator's `finally` closes the response, the server sees the
 disconnect. Retries (connect errors, 429 with Retry-After, 5xx) happen only before the first
 token arrived; a stream that breaks later raises `StreamError` and the controller replaces
-the trace. httpx exceptions never leave this module: `_HttpErrors` translates them.
+the trace. httpx exceptions never leave this module: `HttpErrors` (backends/http_errors.py)
+translates them. Every trace's stream is audited (backends/stream_audit.py): it counts only
+what arrived with a finish reason and logprobs; deadlines measure progress (time since the
+last token), not bytes.
 
-What it does not do: parse bytes (backends/sse.py) or pick endpoints (backends/routing.py).
+What it does not do: parse bytes (backends/sse.py), pick endpoints (backends/routing.py) or
+judge a server's logprobs before the first trace (backends/logprob_probe.py).
 
     backend = OpenAIHttpBackend(HttpBackendConfig(base_urls=["http://localhost:8000/v1"]))
     await backend.open()                                  # discovers the model, probes logprobs
@@ -32,12 +36,18 @@ from asyncio_throttle import Throttler
 from pydantic import Field, field_validator
 
 from deepconf.backend import Prompt, TokenBatch, TraceRequest
+from deepconf.backends.http_errors import (
+    NOT_STREAMS,
+    HttpErrors,
+    media_type,
+    not_a_stream,
+    status_error,
+)
 from deepconf.backends.logprob_probe import PROBE_TOKENS as PROBE_TOKENS
 from deepconf.backends.logprob_probe import probe_logprobs
 from deepconf.backends.routing import (
     EJECT_AFTER,
     EndpointPool,
-    parse_retry_after,
     retry_delay,
 )
 from deepconf.backends.sse import DEFAULT_MAX_EVENT_BYTES, Decoded, SSEDecoder, decode_payloads
@@ -49,7 +59,6 @@ from deepconf.errors import (
     ConfigError,
     ConnectError,
     RateLimitedError,
-    RequestRejectedError,
     ServerError,
     StreamError,
 )
@@ -118,99 +127,6 @@ class HttpBackendConfig(StrictModel):
                 url += "/v1"
             out.append(url)
         return out
-
-
-class _HttpErrors:
-    """Translate httpx exceptions raised inside the block into deepconf errors."""
-
-    __slots__ = ("url",)
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, tp: object, exc: BaseException | None, tb: object) -> Literal[False]:
-        if isinstance(exc, httpx.TimeoutException):
-            raise ConnectError(
-                f"{self.url} did not answer in time ({type(exc).__name__}): raise the timeout"
-                " or check that the server is not overloaded"
-            ) from exc
-        if isinstance(exc, httpx.ConnectError):
-            raise ConnectError(
-                f"cannot connect to {self.url} ({exc}): start the server or fix --base-url"
-            ) from exc
-        if isinstance(exc, httpx.TransportError):
-            raise ConnectError(f"the connection to {self.url} broke: {_reason(exc)}") from exc
-        if isinstance(exc, httpx.HTTPError):
-            raise BackendError(f"HTTP error talking to {self.url}: {_reason(exc)}") from exc
-        return False
-
-
-def _reason(exc: BaseException) -> str:
-    """The first non-empty message along an exception's chain: a reset surfaces as an httpx
-    ReadError with no text of its own over the OSError that says "Connection reset by peer"."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if str(seen):
-            return f"{type(seen).__name__}: {seen}" if seen is not exc else str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return type(exc).__name__
-
-
-def _server_message(response: httpx.Response) -> str:
-    """The reason a server gave for refusing a request, from any common error shape."""
-    try:
-        obj = response.json()
-    except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, str):
-            return err
-        if isinstance(err, dict):
-            for key in ("message", "detail", "msg"):
-                if err.get(key):
-                    return str(err[key])
-    return str(obj)[:500]
-
-
-# Media types a 200 may carry that cannot be an event stream: an error page from a proxy, or
-# one JSON document from a server that ignored stream=true. Never retried as a stream.
-_NOT_STREAMS = ("text/html", "application/json")
-
-
-def _media_type(response: httpx.Response) -> str:
-    return response.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-def _not_a_stream(response: httpx.Response, url: str) -> StreamError:
-    shown = " ".join(response.text[:300].split())
-    if _media_type(response) == "text/html":
-        return StreamError(
-            f"{url} answered 200 with text/html (an error page?), not an event stream:"
-            f" {shown!r}. Check --base-url (usually ending in /v1) and any proxy in front"
-        )
-    return StreamError(
-        f"{url} answered 200 with one JSON document, not an event stream (it ignored"
-        f" stream=true): {shown!r}"
-    )
-
-
-def _status_error(response: httpx.Response, url: str) -> BackendError:
-    status, said = response.status_code, _server_message(response)
-    if status == 429:
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return RateLimitedError(f"{url} is rate limiting (429): {said}", retry_after)
-    if status >= 500:
-        return ServerError(f"{url} failed with HTTP {status}: {said}")
-    hint = {
-        401: "; check --api-key or $OPENAI_API_KEY",
-        403: "; check --api-key or $OPENAI_API_KEY",
-        404: "; check --base-url (usually ending in /v1), --api and --model",
-    }.get(status, "")
-    return RequestRejectedError(f"{url} rejected the request (HTTP {status}): {said}{hint}")
 
 
 class OpenAIHttpBackend:
@@ -291,13 +207,13 @@ class OpenAIHttpBackend:
         errors = []
         for url in self.config.base_urls:
             try:
-                with _HttpErrors(url):
+                with HttpErrors(url):
                     response = await self._client.get(url + "/models")
             except BackendError as exc:
                 errors.append(str(exc))
                 continue
             if response.status_code != 200:
-                errors.append(str(_status_error(response, url)))
+                errors.append(str(status_error(response, url)))
                 continue
             try:
                 model = response.json()["data"][0]["id"]
@@ -444,17 +360,17 @@ class OpenAIHttpBackend:
         if self._throttler is not None:
             async with self._throttler:
                 pass  # the throttler paces the start of requests, not their duration
-        with _HttpErrors(url):
+        with HttpErrors(url):
             response = await self._client.send(request, stream=True)
-            if response.status_code == 200 and _media_type(response) not in _NOT_STREAMS:
+            if response.status_code == 200 and media_type(response) not in NOT_STREAMS:
                 return response
             try:
                 await response.aread()
             finally:
                 await response.aclose()
         if response.status_code != 200:
-            raise _status_error(response, url)
-        raise _not_a_stream(response, url)
+            raise status_error(response, url)
+        raise not_a_stream(response, url)
 
     async def _read(
         self,
@@ -473,7 +389,7 @@ class OpenAIHttpBackend:
         token_due = loop.time() + cfg.token_timeout
         done = False
         tokens = 0
-        with _HttpErrors(url):
+        with HttpErrors(url):
             async with contextlib.aclosing(response.aiter_bytes()) as reads:
                 while not done:
                     due = min(token_due, deadline)
