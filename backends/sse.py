@@ -492,15 +492,18 @@ def decode_payloads_reference(payloads: list[bytes], k: int, offset: int = 0) ->
     matrix = np.full((len(rows), k), np.nan)
     for i, vals in enumerate(rows):
         present = sorted((float(v) for v in vals if v is not None), reverse=True)[:k]
-        clamped = [min(0.0, max(LOGPROB_FLOOR, v)) for v in present]
+        clamped = [min(0.0, max(LOGPROB_FLOOR, v)) for v in present]  # ints too
         matrix[i, : len(clamped)] = clamped
         out.empty_rows += not clamped
     out.top_logprobs = matrix
     return out
 
 
-def _reference_row(values: list[float | None], k: int) -> list[float | None]:
+def _reference_row(values: list[object], k: int) -> list[float | None]:
     """One position's values, minus llama.cpp's appended copy of the sampled token."""
+    for v in values:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise StreamError(f"the server sent an unreadable stream chunk: logprob {v!r}")
     if len(values) > k and values[-1] in values[:-1]:
         values = values[:-1]
     return values
