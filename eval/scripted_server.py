@@ -162,6 +162,7 @@ class ScriptedServer(LoopbackServer):
         # a disconnect it keeps "generating" the rest at the script's pace, and /metrics counts it
         self.ignore_disconnect = ignore_disconnect
         self.running = 0  # streams in progress: GET /metrics reports it as vLLM does
+        self.generated = 0  # tokens generated, read or not: vLLM's generation_tokens_total
         super().__init__(self._app, lifespan="off", backlog=4096, interface="asgi3")
         self.requests: list[dict[str, Any]] = []  # every request: path, headers, body, status
         self.streams: list[StreamRecord] = []
@@ -204,7 +205,11 @@ class ScriptedServer(LoopbackServer):
             self.requests.append({"path": path, "headers": headers, "body": body})
             failure = self._failures.pop(0) if self._failures and path != "/v1/models" else None
         if path == "/metrics":
-            text = f'vllm:num_requests_running{{model_name="{self.model}"}} {self.running}\n'
+            label = f'{{model_name="{self.model}"}}'
+            text = (
+                f"vllm:num_requests_running{label} {self.running}\n"
+                f"vllm:generation_tokens_total{label} {self.generated}\n"
+            )
             await send(
                 {
                     "type": "http.response.start",
@@ -305,7 +310,9 @@ class ScriptedServer(LoopbackServer):
                 if gone.is_set():
                     rec.disconnected = True
                     if self.ignore_disconnect:
-                        await asyncio.sleep(script.delay * (len(tokens) - sent))
+                        for _ in range(len(tokens) - sent):  # on to the end, unread
+                            await asyncio.sleep(script.delay)
+                            self.generated += 1
                     return
                 if sent == script.stall_after:
                     await self._stall(send, gone, script.keepalive)
@@ -335,6 +342,7 @@ class ScriptedServer(LoopbackServer):
                 await _event(send, chunk)
                 sent += len(group)
                 rec.tokens_sent = sent
+                self.generated += len(group)
                 if sent == script.drop_after:
                     rec.dropped = True
                     raise ConnectionAbortedError("scripted mid-stream drop")  # uvicorn cuts
