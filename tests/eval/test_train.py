@@ -8,12 +8,13 @@ import json
 
 import numpy as np
 import pytest
-import torch  # the train extra: CI installs it
-import transformers
 
-from deepconf.eval import train
-from deepconf.eval.chain_tokenizer import CHAT_TEMPLATE, build_tokenizer
-from deepconf.eval.task_chain import TASK_ID, Difficulty, parse_prompt
+# torch first: deepconf.eval.train imports it at import time (the train extra).
+torch = pytest.importorskip("torch")  # the train extra: CI installs it
+transformers = pytest.importorskip("transformers")
+from deepconf.eval import train  # noqa: E402
+from deepconf.eval.chain_tokenizer import CHAT_TEMPLATE, build_tokenizer  # noqa: E402
+from deepconf.eval.task_chain import TASK_ID, Difficulty, parse_prompt  # noqa: E402
 
 MICRO = [
     "--hidden", "32", "--layers", "2", "--intermediate", "48", "--heads", "2",
