@@ -57,7 +57,7 @@ from deepconf.cli_common import (
 from deepconf.doctor_command import doctor_command
 from deepconf.errors import ConfigError, DeepConfError
 from deepconf.eval.commands import eval_command, plot_command, replay_command
-from deepconf.serve_command import serve_command
+from deepconf.serve.command import serve_command
 
 if TYPE_CHECKING:  # annotations only: importing it at start-up would load numpy
     from deepconf.backend import Backend

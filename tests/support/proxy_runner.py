@@ -16,7 +16,7 @@ from typing import Any
 from deepconf.backend import Backend
 from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
 from deepconf.config import DeepConfConfig
-from deepconf.proxy import create_app
+from deepconf.serve.app import create_app
 from support.live_server import LoopbackServer
 
 # Small settings for scripted traces of a few tokens.

@@ -1,5 +1,5 @@
 """The `deepconf serve` command: DeepConf as an OpenAI-compatible server in front of one or
-more upstream OpenAI-compatible servers (see deepconf/proxy.py for the protocol).
+more upstream OpenAI-compatible servers (see deepconf/serve/app.py for the protocol).
 
     deepconf serve --upstream http://localhost:8000/v1 --port 8080 --api-key sk-local \\
         --budget 64 --window 2048
@@ -118,7 +118,7 @@ def serve_command(
     """Serve DeepConf over an OpenAI-compatible API in front of UPSTREAM servers."""
     import uvicorn
 
-    from deepconf.proxy import create_app
+    from deepconf.serve.app import create_app
 
     try:
         defaults = config_from_flags(

@@ -5,7 +5,7 @@ Requests are tolerant of OpenAI fields we do not use (a client's `user`, `metada
 `logit_bias`, ... are ignored) and strict where a silent ignore would mislead: the
 `deepconf` object forbids unknown keys, and `n > 1`, tools and unsupported prompt shapes are
 refused. Precedence for every setting: request -> server default (`deepconf serve` flags)
--> DeepConfConfig default. No I/O here; deepconf/proxy.py does the serving.
+-> DeepConfConfig default. No I/O here; deepconf/serve/app.py does the serving.
 
     req = ChatCompletionRequest.model_validate(body)  # ValidationError on bad input
     config = req.to_config(defaults)                  # SettingsError naming the bad key

@@ -4,7 +4,7 @@ progress, render the answer, and map errors to OpenAI-style HTTP errors.
 `SolveResponse` is an ASGI response that owns a running `Solve`: it watches `receive()`
 for the client's disconnect the whole time (so a gone client cancels the solve, and with it
 every upstream stream), and either streams progress chunks then the answer (the extension
-documented in deepconf/proxy.py) or sends one JSON completion. No routing or auth here.
+documented in deepconf/serve/app.py) or sends one JSON completion. No routing or auth here.
 
     solve = Solve(req, True, config, backend, rid, started, progress_interval=0.25,
                   log_request=server.log_request, release=server.release)
@@ -24,7 +24,6 @@ from typing import Any, Protocol
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from deepconf import proxy_protocol as wire
 from deepconf.backend import Backend, TokenBatch, TraceRequest
 from deepconf.config import DeepConfConfig
 from deepconf.controller import DeepConf
@@ -37,6 +36,7 @@ from deepconf.errors import (
     RequestRejectedError,
 )
 from deepconf.result import Progress, SolveResult
+from deepconf.serve import wire
 
 log = logging.getLogger("deepconf.serve")
 

@@ -74,10 +74,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from deepconf import proxy_protocol as wire
 from deepconf.config import DeepConfConfig
 from deepconf.errors import ConfigError
-from deepconf.proxy_solve import (
+from deepconf.result import SolveResult
+from deepconf.serve import wire
+from deepconf.serve.solve import (
     BackendFactory,
     Backends,
     HttpError,
@@ -85,7 +86,6 @@ from deepconf.proxy_solve import (
     SolveResponse,
     logged_error,
 )
-from deepconf.result import SolveResult
 from deepconf.trace import TraceStatus
 
 log = logging.getLogger("deepconf.serve")

@@ -16,10 +16,10 @@ import pytest
 from support.proxy_runner import TEST_DEFAULTS, ProxyServer
 from support.scripted_server import CONFIDENT, MODEL, UNCONFIDENT, Script, ScriptedServer
 
-from deepconf import proxy_protocol as wire
 from deepconf.confidence import TraceMetrics
 from deepconf.config import DeepConfConfig
 from deepconf.result import SolveResult, TokenTotals
+from deepconf.serve import wire
 from deepconf.trace import TraceRecord, TraceStatus
 from deepconf.voting import VoteRow
 

@@ -1,0 +1,11 @@
+"""`deepconf serve`: DeepConf as an OpenAI-compatible server in front of upstream servers.
+
+One application, one module per concern:
+
+    app.py          routes, auth, limits, the per-request log line (create_app)
+    wire.py         request models, the config they map to, response/chunk/error objects
+    solve.py        one request's solve: run it, watch the client, stream progress, map errors
+    command.py      the `deepconf serve` command (registered by deepconf/cli.py)
+
+Importing this package imports nothing else, so `deepconf --help` stays fast.
+"""
