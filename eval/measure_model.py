@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import numpy as np
 from deepconf.confidence import token_confidence, trace_metrics
 from deepconf.errors import ConfigError
 from deepconf.eval.chain_tokenizer import build_tokenizer, special_ids
+from deepconf.eval.model_stats import auroc, majority
 from deepconf.eval.task_chain import Difficulty, boxed_answer, problems, prompt_text
 from deepconf.voting import keep_top
 
@@ -38,19 +38,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 TOP_K = 20
-
-
-def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
-    """P(score of a random positive > a random negative), ties counted half (Mann-Whitney).
-
-    None when either class is empty (AUROC is undefined then).
-    """
-    pos, neg = np.asarray(positive, float), np.asarray(negative, float)
-    if pos.size == 0 or neg.size == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (pos.size * neg.size))
 
 
 @torch.no_grad()
@@ -94,11 +81,6 @@ def sample_traces(
         confs = token_confidence(top[i, :length])
         traces.append((tok.decode(row[:length]), row[:length], confs))
     return traces
-
-
-def majority(answers: list[int | None]) -> int | None:
-    counts = Counter(a for a in answers if a is not None)
-    return counts.most_common(1)[0][0] if counts else None
 
 
 def measure(

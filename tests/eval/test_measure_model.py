@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from deepconf.backends.bundled import bundled_model_path
 from deepconf.confidence import token_confidence
 from deepconf.eval.chain_tokenizer import build_tokenizer, special_ids
-from deepconf.eval.measure_model import auroc, majority, sample_traces
+from deepconf.eval.model_stats import auroc, majority
 
 
 def _auroc_loop(pos, neg):
@@ -50,6 +50,8 @@ def test_sampled_confidences_match_a_full_forward():
     # torch is the parity/train extra: only this test needs it, the rest run without it.
     torch = pytest.importorskip("torch")
     FalconH1ForCausalLM = pytest.importorskip("transformers").FalconH1ForCausalLM
+    from deepconf.eval.measure_model import sample_traces
+
     """Each trace's confidences are -mean top-20 logprobs of the raw (untempered) logits at
     every generated position up to and including eos, the same values a full forward over
     prompt + trace gives; traces stop at eos or at the token budget."""
