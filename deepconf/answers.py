@@ -6,6 +6,12 @@ Equivalence groups answers by mathematical value with math-verify, so ``0.5``, `
 ``\\frac{1}{2}`` are one vote (the reference keys on raw strings: its open issue #15).
 Pure, no I/O; it does not grade against a ground truth (eval/ does).
 
+Everything here runs on the caller's thread, often the event loop, on text a model wrote
+(and, through `deepconf serve`, patterns a client sent), so every step is bounded: box
+matching is linear, user patterns run with a time limit (a pattern that exceeds it is a
+ConfigError, not a frozen server), and math-verify runs under a deadline per answer and a
+time budget per AnswerKeys (deepconf.deadline), past which answers compare as strings.
+
     extract_answer("... so \\boxed{\\frac{1}{2}}.")     # -> "\\frac{1}{2}"
     keys = AnswerKeys()
     keys.key("1/2"); keys.key("0.5")                   # -> "1/2" both times
@@ -13,15 +19,21 @@ Pure, no I/O; it does not grade against a ground truth (eval/ does).
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import regex
 from math_verify import parse, verify
 
 from deepconf.config import AnswerConfig
+from deepconf.deadline import run_within
+from deepconf.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # Extraction
@@ -33,6 +45,12 @@ _BARE_ARG = re.compile(r"[^\s$]+")
 _PHRASE = re.compile(r"\b(?:(?:final\s+)?answer\s+is(?![\w'’])|answer\s*:)", re.IGNORECASE)
 # Decimal points survive: only a period at the very end (or before whitespace) is dropped.
 _TRAILING = " \t\r\n*$.,;:"
+# Braces and escapes, for matching braces in one pass: "\\" takes the next character with it.
+_BRACE_TOKENS = re.compile(r"\\.|[{}]", re.DOTALL)
+# One user pattern's whole search of one trace's text. Linear patterns take microseconds on a
+# long trace; one that backtracks exponentially (the `regex` engine already defuses the
+# common nested-repeat forms; a repeat of a backreference still explodes) meets this limit.
+PATTERN_SECONDS = 0.1
 
 
 def extract_answer(text: str, config: AnswerConfig | None = None) -> str | None:
@@ -66,8 +84,20 @@ def extract_answer(text: str, config: AnswerConfig | None = None) -> str | None:
 
 
 def _last_boxed(text: str) -> str | None:
-    for m in reversed(list(_BOX.finditer(text))):
-        arg = _box_argument(text, m.end())
+    boxes = list(_BOX.finditer(text))
+    closes: dict[int, int] | None = None  # brace pairs, found once and only if needed
+    for m in reversed(boxes):
+        i = m.end()
+        while i < len(text) and text[i] in " \t":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            if closes is None:
+                closes = _closing_braces(text, boxes[0].end())
+            end = closes.get(i)
+            arg = text[i + 1 : end] if end is not None else None  # unclosed: skip it
+        else:
+            bare = _BARE_ARG.match(text, i)
+            arg = bare.group(0).rstrip(".,;:") if bare else None
         if arg is not None:
             arg = arg.strip().strip("$").strip()
             if arg:
@@ -75,28 +105,22 @@ def _last_boxed(text: str) -> str | None:
     return None
 
 
-def _box_argument(text: str, start: int) -> str | None:
-    """The argument of a box command whose name ends at `start`; None if unclosed or absent."""
-    i = start
-    while i < len(text) and text[i] in " \t":
-        i += 1
-    if i < len(text) and text[i] == "{":
-        depth, j = 0, i
-        while j < len(text):
-            ch = text[j]
-            if ch == "\\":
-                j += 2  # \{ and \} are literal braces, not grouping
-                continue
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[i + 1 : j]
-            j += 1
-        return None
-    m = _BARE_ARG.match(text, i)
-    return m.group(0).rstrip(".,;:") if m else None
+def _closing_braces(text: str, start: int) -> dict[int, int]:
+    """Position of each "{" at or after `start` -> position of its "}", for those that close.
+
+    One pass with a stack, so a text of many unclosed boxes costs O(n), not O(n^2) as a
+    scan from each box would. A backslash escapes the next character (``\\{`` and ``\\}`` are
+    literal braces); `start` is never an escaped position (it follows a box name), so the
+    escapes pair up as a scan from the text's start would pair them."""
+    closes: dict[int, int] = {}
+    opened: list[int] = []
+    for m in _BRACE_TOKENS.finditer(text, start):
+        ch = m.group()
+        if ch == "{":
+            opened.append(m.start())
+        elif ch == "}" and opened:
+            closes[opened.pop()] = m.start()
+    return closes
 
 
 def _last_phrase(text: str) -> str | None:
@@ -116,14 +140,49 @@ def _last_phrase(text: str) -> str | None:
 
 def _user_patterns(text: str, patterns: list[str]) -> str | None:
     for pattern in patterns:
-        matches = list(re.finditer(pattern, text))
-        if matches:
-            m = matches[-1]
+        m = _user_pattern(pattern).last_match(text)
+        if m is not None:
             value = (m.group(1) if m.re.groups else m.group(0)) or ""
             value = value.strip().strip("$").strip()
             if value:
                 return value
     return None
+
+
+class _UserPattern:
+    """A user's answer pattern, compiled once, searched with a time limit. One that ran out
+    of time is refused from then on without searching again: the other traces of that solve
+    (and later requests sending it) fail at once instead of each spending the limit."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        try:
+            self.compiled = regex.compile(pattern)
+        except regex.error as exc:  # the config's check uses `re`; the two rarely disagree
+            raise ConfigError(f"answer pattern {pattern!r} is not a valid regex: {exc}") from exc
+        self.too_slow: str | None = None  # why it was refused
+
+    def last_match(self, text: str) -> Any:
+        if self.too_slow is not None:
+            raise ConfigError(self.too_slow)
+        try:
+            # concurrent=True releases the GIL while matching; the timeout covers the search.
+            matches = self.compiled.finditer(text, concurrent=True, timeout=PATTERN_SECONDS)
+            last = collections.deque(matches, maxlen=1)
+        except TimeoutError:
+            self.too_slow = (
+                f"answer pattern {self.pattern!r} took over {PATTERN_SECONDS:g} s on a trace of"
+                f" {len(text)} characters: it backtracks (a repeat of a group that can match"
+                " in several ways, or of a backreference); write it so each character can be"
+                " matched one way only"
+            )
+            raise ConfigError(self.too_slow) from None
+        return last[0] if last else None
+
+
+@functools.lru_cache(maxsize=256)
+def _user_pattern(pattern: str) -> _UserPattern:
+    return _UserPattern(pattern)
 
 
 def _as_choice(answer: str, choices: str) -> str | None:
@@ -157,9 +216,16 @@ def _choice_in_text(text: str, choices: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Equivalence
 
-# Symbolic comparison only for answers this short: math-verify's cost grows with the input and
-# we run it without a timeout (below). Longer answers are compared as normalised strings.
+# Symbolic comparison only for answers this short: math-verify's cost grows with the input.
+# Longer answers are compared as normalised strings.
 MAX_SYMBOLIC_CHARS = 200
+# math-verify's time per new answer (its parse and its comparisons with every class so far),
+# and per AnswerKeys in all (one solve's vote). A typical answer takes ~2 ms; a few short
+# ones take seconds (measured: (x+1)^{99}(x-1)^{99} vs 3, 2.2 s), and a vote over many
+# distinct answers costs classes x answers comparisons. Past either, answers compare as
+# normalised strings, so a vote never holds the thread longer than the budget.
+ANSWER_SECONDS = 0.25
+SYMBOLIC_BUDGET_SECONDS = 2.0
 # Exponents above this, power towers, big factorials and big binomials make sympy evaluate
 # huge numbers or expansions: measured here, "2^{2^{100}}" vs "3" hangs, "(x+1)^{300}" takes
 # 0.3 s and "\binom{1000000}{500000}" hangs in parse. Such answers skip the symbolic step.
@@ -225,10 +291,15 @@ class AnswerKeys:
     math-verify would read them as products of symbols ("hello" == "olleh").
 
     Safe to share between threads (one lock), and usable off the main thread: math-verify
-    runs with its signal-based timeouts off, and answers it could hang on are never parsed.
+    runs with its signal-based timeouts off, answers it could hang on in C code are never
+    parsed, and the rest runs under deadline.run_within: ANSWER_SECONDS per new answer and
+    `symbolic_budget` seconds in all. An answer out of time opens its own class and compares
+    as a normalised string from then on (`symbolic_timeouts` counts them).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, symbolic_budget: float = SYMBOLIC_BUDGET_SECONDS) -> None:
+        self._symbolic_left = symbolic_budget
+        self.symbolic_timeouts = 0
         self._lock = threading.Lock()
         self._classes: list[_Class] = []
         self._by_raw: dict[str, str] = {}
@@ -251,17 +322,35 @@ class AnswerKeys:
         key = self._by_norm.get(norm)
         if key is not None:
             return key
-        parsed = None if is_text or too_costly(norm) else _parse(norm)
-        if parsed is not None:
-            for cls in self._classes:
-                if cls.parsed is not None and _verify(cls.parsed, parsed):
-                    key = cls.key
-                    break
+        parsed = None
+        if self._symbolic_left > 0 and not (is_text or too_costly(norm)):
+            parsed, key = self._symbolic(norm)
         if key is None:
             key = raw
             self._classes.append(_Class(key, parsed))
         self._by_norm[norm] = key
         return key
+
+    def _symbolic(self, norm: str) -> tuple[list[Any] | None, str | None]:
+        """(norm's parse, the key of the first class it equals), within the time left;
+        (None, None) when out of time, so it compares as a string from then on."""
+        limit = min(ANSWER_SECONDS, self._symbolic_left)
+        started = time.monotonic()
+        try:
+            return run_within(limit, self._first_equal, norm)
+        except TimeoutError:
+            self.symbolic_timeouts += 1
+            return None, None
+        finally:
+            self._symbolic_left -= time.monotonic() - started
+
+    def _first_equal(self, norm: str) -> tuple[list[Any] | None, str | None]:
+        parsed = _parse(norm)
+        if parsed is not None:
+            for cls in self._classes:
+                if cls.parsed is not None and _verify(cls.parsed, parsed):
+                    return parsed, cls.key
+        return parsed, None
 
 
 def _parse(norm: str) -> list[Any] | None:

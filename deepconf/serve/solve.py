@@ -84,6 +84,7 @@ class HttpError(Exception):
 
 def solve_error(exc: BaseException) -> HttpError:
     """Map an error raised while opening the upstream or solving to the HTTP answer."""
+    exc = _first_of(exc)
     if isinstance(exc, ConfigError):
         return HttpError(400, str(exc))
     if isinstance(exc, RateLimitedError):
@@ -100,6 +101,18 @@ def solve_error(exc: BaseException) -> HttpError:
     return HttpError(
         500, f"internal error ({type(exc).__name__}); see the server log", "server_error"
     )
+
+
+def _first_of(exc: BaseException) -> BaseException:
+    """A group's first deepconf error, else its first error: traces that fail together (an
+    answer pattern that is too slow fails every trace that meets it) raise them as a group."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    ours = exc.subgroup(lambda e: isinstance(e, DeepConfError))
+    group = ours if ours is not None else exc
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
 
 
 class Metered:
