@@ -53,7 +53,11 @@ class SamplingConfig(StrictModel):
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int | None = Field(None, ge=1, description="Top-k sampling (servers that support it).")
     max_tokens: int = Field(8192, ge=1, description="Maximum tokens per trace.")
-    seed: int | None = Field(None, description="Trace i gets seed + i; none: unseeded.")
+    # >= 0: numpy's generators (the bundled engine) refuse negative seeds; <= 2^63 - 1: the
+    # int64 servers take, with room for seed + i over any budget below 2^63.
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="Trace i gets seed + i; none: unseeded."
+    )
     system: str | None = Field(None, description="System prompt for chat APIs.")
     stop: list[str] = Field(default_factory=list, description="Stop strings.")
 

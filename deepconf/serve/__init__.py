@@ -4,6 +4,7 @@ One application, one module per concern:
 
     app.py          routes, auth, limits, the per-request log line (create_app)
     wire.py         request models, the config they map to, response/chunk/error objects
+    body.py         reading a body: size limit, JSON, nesting, text UTF-8 can carry (all 4xx)
     solve.py        one request's solve: run it, watch the client, stream progress, map errors
     command.py      the `deepconf serve` command (registered by deepconf/cli.py)
 

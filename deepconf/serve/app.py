@@ -78,6 +78,7 @@ from deepconf.config import DeepConfConfig
 from deepconf.errors import ConfigError
 from deepconf.result import SolveResult
 from deepconf.serve import wire
+from deepconf.serve.body import read_json
 from deepconf.serve.solve import (
     BackendFactory,
     Backends,
@@ -153,7 +154,7 @@ class _Server:
         path = request.url.path
         try:
             self._authorize(request)
-            body = await self._read_json(request)
+            body = await read_json(request, self.max_body_bytes)
             parsed = self._parse(body, chat)
             try:
                 config = parsed.to_config(self.defaults)
@@ -218,29 +219,6 @@ class _Server:
             )
         if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
             raise HttpError(401, "incorrect API key provided", code="invalid_api_key")
-
-    async def _read_json(self, request: Request) -> dict[str, Any]:
-        too_big = HttpError(
-            413,
-            f"request body larger than {self.max_body_bytes} bytes (--max-body-bytes)",
-            code="request_too_large",
-        )
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise too_big
-        chunks, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > self.max_body_bytes:
-                raise too_big
-            chunks.append(part)
-        try:
-            body = json.loads(b"".join(chunks))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HttpError(400, f"the request body is not valid JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise HttpError(400, "the request body must be a JSON object")
-        return body
 
     @staticmethod
     def _parse(

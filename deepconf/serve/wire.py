@@ -29,6 +29,10 @@ from deepconf.voting import AnswerKeys
 
 # --- requests ----------------------------------------------------------------------------------
 
+# Counts we pass to the upstream stay in int32, as servers parse them: a larger one is the
+# client's mistake (400 here), not an upstream failure after the solve began.
+MAX_COUNT = 2**31 - 1
+
 
 class DeepConfOverrides(StrictModel):
     """The request's `deepconf` object (the openai client sends it with
@@ -59,7 +63,7 @@ class _OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
     n: int | None = Field(None, ge=1)
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -68,7 +72,7 @@ class _OpenAIRequest(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     # --8<-- vendor extensions (vLLM, SGLang, llama.cpp) and ours
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=MAX_COUNT)
     deepconf: DeepConfOverrides | None = None
 
     @field_validator("n")
@@ -132,7 +136,7 @@ class ChatCompletionRequest(_OpenAIRequest):
     messages included), so the model's own chat template applies."""
 
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
     tools: list[Any] | None = None
 
     @field_validator("messages")
@@ -274,6 +278,7 @@ def summary(
     """The `deepconf` object of a response: the vote and one line per trace."""
     return {
         "answer": result.answer,
+        "majority": result.majority_dict(),  # plain majority beside DeepConf, always
         "votes": [
             {"answer": v.answer, "count": v.count, "weight": finite(v.weight)} for v in result.votes
         ],
