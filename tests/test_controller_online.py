@@ -238,3 +238,24 @@ async def test_progress_shows_a_provisional_majority_leader_during_warmup() -> N
     warmup_leaders = [leader for phase, leader, s in seen if phase == "warmup" and s is None]
     assert "7" in warmup_leaders and all(x in (None, "7") for x in warmup_leaders)
     assert result.answer == "3"
+
+
+@pytest.mark.parametrize("status", list(TraceStatus))
+def test_only_traces_that_ran_to_their_end_vote_online(status) -> None:
+    """A pruned, cancelled or failed trace never votes, even with an answer and a lowest
+    group above the threshold (a cancelled trace can carry a complete \\boxed{} answer)."""
+    from deepconf.confidence import TraceMetrics
+    from deepconf.online import votes_online
+    from deepconf.trace import TraceRecord
+
+    record = TraceRecord(
+        index=0,
+        phase="online",
+        status=status,
+        tokens=10,
+        answer="7",
+        metrics=TraceMetrics(mean=9.0, tail=9.0, bottom=9.0, lowest=9.0),
+    )
+    ran_to_end = status in (TraceStatus.COMPLETED, TraceStatus.TRUNCATED)
+    assert votes_online(record, threshold=5.0) is ran_to_end
+    assert votes_online(record, threshold=9.5) is False  # below the threshold: never

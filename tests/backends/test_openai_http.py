@@ -20,6 +20,7 @@ from deepconf.errors import (
     ConfigError,
     ConnectError,
     RequestRejectedError,
+    ServerError,
     StreamError,
 )
 
@@ -139,7 +140,8 @@ async def test_probe_judges_the_typical_position(scripted_server):
     script.tokens[1].top = script.tokens[1].top[:2]
     scripted_server.default = script
     backend = backend_for(scripted_server, top_logprobs=20)
-    await backend.open()
+    await backend.open()  # raises CapabilityError if the short position decided
+    assert backend._ok_k == 20
     await backend.aclose()
 
 
@@ -196,10 +198,9 @@ async def test_retries_give_up(scripted_server):
     backend = backend_for(scripted_server, model="m", max_retries=2)
     for _ in range(3):
         scripted_server.fail_next(503)
-    with pytest.raises(Exception, match="503") as info:
+    with pytest.raises(ServerError, match="503"):
         await collect(backend, request())
     await backend.aclose()
-    assert info.type.__name__ == "ServerError"
     assert len(scripted_server.requests) == 3
 
 
@@ -370,11 +371,17 @@ async def test_deepconf_online_end_to_end(api):
     assert {v.answer for v in result.votes} == {"7", "5"}
     warm = [t for t in result.traces if t.phase == "warmup"]
     assert [t.status for t in warm] == [TraceStatus.COMPLETED] * 4
-    assert 3.0 < result.threshold < 12.0
+    # The warm-up is deterministic (four scripted traces), so the threshold is exact: the
+    # 90th percentile of their lowest-group confidences (to 1e-5: a tie tolerance may lower
+    # it by a relative 1e-6).
+    assert result.threshold == pytest.approx(5.75914424085, abs=1e-5)
     pruned = [t for t in result.traces if t.status is TraceStatus.PRUNED]
-    assert pruned, "the unconfident online traces must be pruned"
+    # Traces 4 and 6 start with the online phase and prune after 8 tokens (0.024 s), long
+    # before the slow confident 7s end (0.18 s); later even traces may be cancelled instead.
+    assert {4, 6} <= {t.index for t in pruned}
     for t in pruned:
-        assert t.index % 2 == 0 and t.tokens < 50
+        # the first full window (8 tokens) is below the threshold; a read may carry more
+        assert t.index % 2 == 0 and t.pruned_at == 8 and 8 <= t.tokens < 50
         rec = by_seed[t.seed]
         assert server.wait_for(lambda rec=rec: rec.disconnected), f"trace {t.index} not closed"
         assert rec.tokens_sent < 100 < rec.tokens_total and not rec.finished
