@@ -120,4 +120,4 @@ def status_error(response: httpx.Response, url: str) -> BackendError:
         403: "; check --api-key or $OPENAI_API_KEY",
         404: "; check --base-url (usually ending in /v1), --api and --model",
     }.get(status, "")
-    return RequestRejectedError(f"{url} rejected the request (HTTP {status}): {said}{hint}")
+    return RequestRejectedError(f"{url} rejected the request (HTTP {status}): {said}{hint}", status)

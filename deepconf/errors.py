@@ -54,7 +54,12 @@ class ServerError(BackendError):
 
 
 class RequestRejectedError(BackendError):
-    """The server refused the request (4xx); the message quotes the server's reason."""
+    """The server refused the request (4xx); the message quotes the server's reason and
+    `status` is the HTTP status (`deepconf serve` passes a 404 on as a 404)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class CapabilityError(BackendError):

@@ -80,13 +80,12 @@ from deepconf.result import SolveResult
 from deepconf.serve import wire
 from deepconf.serve.body import read_json
 from deepconf.serve.solve import (
-    BackendFactory,
-    Backends,
     HttpError,
     Solve,
     SolveResponse,
     logged_error,
 )
+from deepconf.serve.upstreams import DEFAULT_MAX_IDLE, BackendFactory, Upstreams
 from deepconf.trace import TraceStatus
 
 log = logging.getLogger("deepconf.serve")
@@ -99,7 +98,7 @@ class _Server:
 
     def __init__(
         self,
-        backend_factory: BackendFactory,
+        pool: Upstreams,
         defaults: DeepConfConfig,
         upstreams: Sequence[str],
         upstream_api_key: str | None,
@@ -110,7 +109,7 @@ class _Server:
         progress_interval: float,
         retry_after: int,
     ) -> None:
-        self.backends = Backends(backend_factory)
+        self.pool = pool  # the backends, over one connection pool
         self.defaults = defaults
         self.upstreams = [u.rstrip("/") for u in upstreams]
         self.upstream_api_key = upstream_api_key
@@ -132,6 +131,7 @@ class _Server:
                 "active_solves": self.active,
                 "max_concurrent_solves": self.max_concurrent_solves,
                 "upstreams": self.upstreams,
+                "backends": len(self.pool),
             }
         )
 
@@ -176,35 +176,37 @@ class _Server:
                     code="too_many_solves",
                     headers={"Retry-After": str(self.retry_after)},
                 )
-            self.active += 1  # released by _SolveResponse, or below if the upstream fails
+            self.active += 1  # freed by the solve's release, or below if opening fails
+            api = "chat" if chat else "completions"
             try:
-                backend = await self.backends.get(parsed.model, "chat" if chat else "completions")
-                solve = Solve(
-                    parsed,
-                    chat,
-                    config,
-                    backend,
-                    rid,
-                    started,
-                    progress_interval=self.progress_interval,
-                    log_request=self.log_request,
-                    release=self.release,
-                )
+                backend = await self.pool.acquire(parsed.model, api)
             except BaseException as exc:
-                self.release()
+                self.active -= 1
                 if isinstance(exc, Exception):
                     raise logged_error(exc, rid) from exc
                 raise
         except HttpError as err:
             self.log_request(rid, path, err.status, "rejected", started, None, error=err.message)
             return err.response()
+
+        def release() -> None:  # once, when the solve ended: answered, failed or abandoned
+            self.active -= 1
+            self.pool.release(parsed.model, api)
+
+        solve = Solve(
+            parsed,
+            chat,
+            config,
+            backend,
+            rid,
+            started,
+            progress_interval=self.progress_interval,
+            log_request=self.log_request,
+            release=release,
+        )
         return SolveResponse(solve)
 
     # --- helpers -----------------------------------------------------------------------------
-
-    def release(self) -> None:
-        """A solve ended (answered, failed or abandoned): free its slot."""
-        self.active -= 1
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -236,7 +238,9 @@ class _Server:
         if self._client is None:
             headers = {"Authorization": f"Bearer {self.upstream_api_key}"}
             self._client = httpx.AsyncClient(
-                headers=headers if self.upstream_api_key else None, timeout=10.0
+                transport=self.pool.transport,
+                headers=headers if self.upstream_api_key else None,
+                timeout=10.0,
             )
         seen: dict[str, dict[str, Any]] = {}
         problems = []
@@ -288,10 +292,10 @@ class _Server:
         log.info(json.dumps(record, ensure_ascii=False, default=str))
 
     async def aclose(self) -> None:
-        await self.backends.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        await self.pool.aclose()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -312,12 +316,16 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     progress_interval: float = 0.25,
     retry_after: int = 1,
+    max_idle_backends: int = DEFAULT_MAX_IDLE,
+    max_upstream_connections: int = 1024,
 ) -> Starlette:
     """The ASGI app.
 
     Arguments:
-        backend_factory: (model, api) -> a new backend for that upstream model; each is
-            opened once, shared by concurrent solves, and closed at shutdown.
+        backend_factory: (model, api, transport) -> a new backend for that upstream model,
+            sending through `transport` (the one connection pool); each is opened once,
+            shared by concurrent solves, and closed when idle past `max_idle_backends` or
+            at shutdown.
         defaults: the server-side DeepConf settings requests override.
         upstreams: base URLs (ending in /v1) whose /models this server lists.
         upstream_api_key: the key sent to the upstreams for /models.
@@ -327,11 +335,16 @@ def create_app(
         max_body_bytes: the largest request body accepted (413 beyond).
         progress_interval: the least time between two streamed progress chunks, seconds.
         retry_after: the Retry-After seconds sent with a 429.
+        max_idle_backends: backends kept open for reuse while no request uses them.
+        max_upstream_connections: the connection pool's size, over all upstreams.
     """
     if max_concurrent_solves < 1:
         raise ConfigError("--max-concurrent-solves must be at least 1")
+    pool = Upstreams(
+        backend_factory, max_idle=max_idle_backends, max_connections=max_upstream_connections
+    )
     server = _Server(
-        backend_factory,
+        pool,
         defaults or DeepConfConfig(),
         upstreams,
         upstream_api_key,

@@ -116,8 +116,10 @@ def serve_command(
     log_level: Annotated[str, typer.Option("--log-level", help="info, warning, ...")] = "info",
 ) -> None:
     """Serve DeepConf over an OpenAI-compatible API in front of UPSTREAM servers."""
+    import httpx
     import uvicorn
 
+    from deepconf.backends.openai_http import OpenAIHttpBackend
     from deepconf.serve.app import create_app
 
     try:
@@ -140,9 +142,10 @@ def serve_command(
         upstream_key = upstream_api_key or os.environ.get("OPENAI_API_KEY")
         urls = _normalised(upstream)
 
-        def factory(model: str, endpoint: str) -> Backend:
-            # the endpoint a request arrives on picks the upstream's chat or completions API
-            return backend_from_flags(
+        def factory(model: str, endpoint: str, transport: httpx.AsyncBaseTransport) -> Backend:
+            # The endpoint a request arrives on picks the upstream's chat or completions API;
+            # every backend sends through the server's one connection pool (`transport`).
+            flags = backend_from_flags(
                 urls,
                 model,
                 endpoint,
@@ -153,6 +156,8 @@ def serve_command(
                 probe=not no_probe,
                 max_event_mb=max_event_mb,
             )
+            assert isinstance(flags, OpenAIHttpBackend), "--upstream always gives HTTP backends"
+            return OpenAIHttpBackend(flags.config, transport=transport)
 
         app = create_app(
             factory,

@@ -40,9 +40,6 @@ from deepconf.serve import wire
 
 log = logging.getLogger("deepconf.serve")
 
-# (model, api) -> a new, unopened backend for that model; api is "chat" or "completions".
-BackendFactory = Callable[[str, str], Backend]
-
 
 class LogRequest(Protocol):
     """Writes the one JSON log line of a request."""
@@ -90,6 +87,10 @@ def solve_error(exc: BaseException) -> HttpError:
     if isinstance(exc, RateLimitedError):
         retry = {"Retry-After": str(int(exc.retry_after or 1))}
         return HttpError(429, f"upstream rate limit: {exc}", "rate_limit_error", headers=retry)
+    if isinstance(exc, RequestRejectedError) and exc.status == 404:
+        # Almost always a model name the upstream does not serve: its 404, passed on.
+        message = f"the upstream answered 404: {exc}"
+        return HttpError(404, message, param="model", code="model_not_found")
     if isinstance(exc, RequestRejectedError):
         return HttpError(400, f"the upstream rejected the request: {exc}", code="upstream_rejected")
     if isinstance(exc, CapabilityError):
@@ -137,35 +138,6 @@ class Metered:
                 if prompt:
                     self.prompt_tokens = int(prompt)
                 yield batch
-
-
-class Backends:
-    """One opened backend per (model, api), shared by concurrent solves, closed at shutdown.
-    A backend whose open() fails is not kept, so the next request tries again."""
-
-    def __init__(self, factory: BackendFactory) -> None:
-        self._factory = factory
-        self._open: dict[tuple[str, str], Backend] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-
-    async def get(self, model: str, api: str) -> Backend:
-        key = (model, api)
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            backend = self._open.get(key)
-            if backend is None:
-                backend = self._factory(model, api)
-                try:
-                    await backend.open()
-                except BaseException:
-                    await backend.aclose()
-                    raise
-                self._open[key] = backend
-            return backend
-
-    async def aclose(self) -> None:
-        backends, self._open = list(self._open.values()), {}
-        for backend in backends:
-            await backend.aclose()
 
 
 class Solve:

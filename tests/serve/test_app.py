@@ -246,16 +246,22 @@ def test_unreachable_upstream_is_a_502_that_says_so() -> None:
             c.models.list()
 
 
-def test_upstream_rejection_is_a_400_with_its_reason() -> None:
-    """An upstream 4xx (e.g. unknown model) comes back as 400 quoting the upstream."""
+def test_upstream_404_is_passed_on_and_other_rejections_are_400s() -> None:
+    """An upstream 404 (a model it does not serve) comes back as a 404 quoting the upstream;
+    another 4xx as a 400 quoting it. Neither leaves a backend behind: the next request opens
+    a fresh one and works."""
     with ScriptedServer(default=ANSWER) as up, ProxyServer(up.base_url) as px:
-        up.fail_next(404, message="model 'nope' does not exist")
         c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
-        with pytest.raises(openai.BadRequestError) as info:
+        up.fail_next(404, message="model 'nope' does not exist")
+        with pytest.raises(openai.NotFoundError) as missing:
             c.chat.completions.create(model="nope", messages=ASK)
-        assert "does not exist" in info.value.message
-        assert info.value.code == "upstream_rejected"
-        # the failed backend was not kept: the next request opens a fresh one and works
+        assert "does not exist" in missing.value.message
+        assert missing.value.code == "model_not_found" and missing.value.param == "model"
+        up.fail_next(422, message="prompt too long for this model")
+        with pytest.raises(openai.BadRequestError) as refused:
+            c.chat.completions.create(model="other", messages=ASK)
+        assert "too long" in refused.value.message and refused.value.code == "upstream_rejected"
+        assert httpx.get(px.root + "/health").json()["backends"] == 0
         r = c.chat.completions.create(model=MODEL, messages=ASK)
         assert r.model_extra["deepconf"]["answer"] == "7"
 

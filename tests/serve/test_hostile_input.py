@@ -40,6 +40,13 @@ def proxy() -> Iterator[ProxyServer]:
         yield px
 
 
+@pytest.fixture(scope="module")
+def http(proxy: ProxyServer) -> Iterator[httpx.Client]:
+    """One client for many requests (a new httpx client per request loads TLS roots)."""
+    with httpx.Client(base_url=proxy.base_url, timeout=30) as client:
+        yield client
+
+
 def test_a_backtracking_answer_pattern_is_a_400_and_the_server_keeps_answering(
     proxy: ProxyServer,
 ) -> None:
@@ -192,7 +199,7 @@ _completion = st.fixed_dictionaries(
         st.tuples(st.sampled_from(["/chat/completions", "/completions"]), _json),
     )
 )
-def test_fuzzed_bodies_never_get_a_5xx(proxy: ProxyServer, case: tuple[str, object]) -> None:
+def test_fuzzed_bodies_never_get_a_5xx(http: httpx.Client, case: tuple[str, object]) -> None:
     """Mostly-valid bodies with any field replaced by any JSON value, and any JSON value at
     all: a 2xx, or a 4xx in OpenAI's error shape. A 5xx would mean our fault (the scripted
     upstream never fails here)."""
@@ -201,7 +208,7 @@ def test_fuzzed_bodies_never_get_a_5xx(proxy: ProxyServer, case: tuple[str, obje
         quick = {"budget": 1, "warmup": 1}
         extra = body.get("deepconf")
         body["deepconf"] = {**extra, **quick} if isinstance(extra, dict) else quick
-    r = httpx.post(proxy.base_url + path, content=json.dumps(body), timeout=30)
+    r = http.post(path, content=json.dumps(body))
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         _openai_error(r)

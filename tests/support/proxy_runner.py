@@ -13,6 +13,8 @@ import logging
 import time
 from typing import Any
 
+import httpx
+
 from deepconf.backend import Backend
 from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
 from deepconf.config import DeepConfConfig
@@ -43,11 +45,11 @@ class ProxyServer(LoopbackServer):
         # 0.05 s progress interval keeps streaming tests short; the default is 0.25 s.
         app_kw.setdefault("progress_interval", 0.05)
 
-        def factory(model: str, api: str) -> Backend:
+        def factory(model: str, api: str, transport: httpx.AsyncBaseTransport) -> Backend:
             config = HttpBackendConfig(
                 base_urls=[upstream], model=model, api=api, max_retries=0, top_logprobs=20
             )
-            return OpenAIHttpBackend(config)
+            return OpenAIHttpBackend(config, transport=transport)
 
         super().__init__(create_app(factory, upstreams=[upstream], **app_kw))
         self.logs = LogCapture()
