@@ -33,4 +33,7 @@ async def run_offline(run: SolveRun) -> SolveResult:
     run.table = tables[cfg.offline_method]
     methods = {m: t.leader for m, t in tables.items()}
     empty = f"The {cfg.offline_method} vote is empty"
-    return run.result(run.table, methods, empty)
+    result = run.result(run.table, methods, empty)
+    result.majority_votes = list(tables["majority"].rows)
+    result.offline_method = cfg.offline_method
+    return result

@@ -20,12 +20,14 @@ so a few more traces than the sequential run may be in flight when it stops.
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 from deepconf.controller import SolveRun
 from deepconf.result import SolveResult
 from deepconf.trace import TraceRecord, TraceStatus
-from deepconf.voting import vote
+from deepconf.voting import tolerant_threshold, vote
 
 
 def votes_online(record: TraceRecord, threshold: float) -> bool:
@@ -41,8 +43,11 @@ def votes_online(record: TraceRecord, threshold: float) -> bool:
 
 def warmup_threshold(lowest: np.ndarray, keep_percent: float) -> float:
     """s = the (100 - keep_percent)th percentile (numpy linear) of warm-up lowest-group
-    confidences: DeepConf-low (keep 10%) takes the 90th, DeepConf-high (keep 90%) the 10th."""
-    return float(np.percentile(lowest, 100.0 - keep_percent))
+    confidences: DeepConf-low (keep 10%) takes the 90th, DeepConf-high (keep 90%) the 10th;
+    lowered by the tie tolerance, so a trace whose confidence equals it up to float noise is
+    neither pruned nor filtered out (traces of one prompt share their first windows, and the
+    percentile often lands exactly on one of them)."""
+    return tolerant_threshold(float(np.percentile(lowest, 100.0 - keep_percent)))
 
 
 async def run_online(run: SolveRun) -> SolveResult:
@@ -54,7 +59,7 @@ async def run_online(run: SolveRun) -> SolveResult:
     warm = [r for r in run.finished() if r.phase == "warmup" and r.metrics is not None]
     if not warm:  # stopped (token budget, failures) before any warm-up trace finished
         run.table = vote([], keys=run.keys)  # the provisional majority is not a vote
-        return run.result(run.table, _methods(run), empty)
+        return _with_majority(run, run.result(run.table, _methods(run), empty))
 
     # 2. Threshold from the warm-up traces' lowest-group confidences.
     lowest = np.array([r.metrics.lowest for r in warm if r.metrics is not None])
@@ -73,7 +78,9 @@ async def run_online(run: SolveRun) -> SolveResult:
         def on_finish(record: TraceRecord) -> None:
             if not votes_online(record, s):
                 return
-            voters.append(record)
+            # Index order, not finish order: the vote's last tie-break is "first seen", and
+            # with seeds the index order is the same in every run.
+            bisect.insort(voters, record, key=lambda r: r.index)
             if run.revote(voters).beta >= cfg.tau and run.stop_reason is None:
                 run.stop_reason = "consensus"
 
@@ -82,7 +89,13 @@ async def run_online(run: SolveRun) -> SolveResult:
         )
         await run.generate("online", cfg.budget - warm_used, threshold=s, on_finish=on_finish)
 
-    return run.result(run.table, _methods(run), empty)
+    return _with_majority(run, run.result(run.table, _methods(run), empty))
+
+
+def _with_majority(run: SolveRun, result: SolveResult) -> SolveResult:
+    """The result with plain majority's vote beside DeepConf's (over the same ended traces)."""
+    result.majority_votes = list(run.majority().rows)
+    return result
 
 
 def _methods(run: SolveRun) -> dict[str, str | None]:

@@ -11,7 +11,7 @@ CLI prints and eval files store; per-token confidences are left out unless asked
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from deepconf.trace import TraceRecord, TraceStatus
@@ -74,6 +74,10 @@ class SolveResult:
             trace budget would spend: the mean tokens of traces that ran to completion times
             the budget. Pruned traces were cut short, so their full length is unknown; the
             completed ones stand in for them.
+        majority_votes: plain majority's vote over the traces that ran to their end (the
+            same traces DeepConf chose from), strongest first: the safety net shown beside
+            DeepConf's answer (`majority`, `agrees`).
+        offline_method: offline: the voting method that chose `answer` (e.g. tail@10).
     """
 
     answer: str | None
@@ -91,9 +95,40 @@ class SolveResult:
     problem_id: str | None = None
     budget: int = 0
     tokens_majority_estimate: float | None = None
+    majority_votes: list[VoteRow] = field(default_factory=list)
+    offline_method: str | None = None
 
     def count(self, status: TraceStatus) -> int:
         return sum(1 for t in self.traces if t.status == status)
+
+    @property
+    def method(self) -> str:
+        """The vote that chose `answer`: "deepconf" online, the offline method offline."""
+        return self.offline_method or "deepconf"
+
+    @property
+    def majority(self) -> str | None:
+        """Plain majority's answer over the traces that ran to their end."""
+        if self.majority_votes:
+            return self.majority_votes[0].answer
+        return self.methods.get("majority")
+
+    @property
+    def agrees(self) -> bool:
+        """Whether DeepConf's answer is plain majority's (answers are equivalence-class
+        keys of one solve, so equal answers are equal strings)."""
+        return self.answer == self.majority
+
+    def majority_dict(self) -> dict[str, Any]:
+        """{"answer", "agrees", "votes"}: plain majority beside DeepConf, for JSON."""
+        return {
+            "answer": self.majority,
+            "agrees": self.agrees,
+            "votes": [
+                {"answer": v.answer, "count": v.count, "weight": v.weight}
+                for v in self.majority_votes
+            ],
+        }
 
     def to_dict(self, *, token_confs: bool = False) -> dict[str, Any]:
         """JSON-able summary. Per-trace token confidences only with `token_confs=True`;
@@ -118,6 +153,8 @@ class SolveResult:
             "stop_reason": self.stop_reason,
             "fallback": self.fallback,
             "methods": dict(self.methods),
+            "majority": self.majority_dict(),
+            "offline_method": self.offline_method,
             "mode": self.mode,
             "variant": self.variant,
             "budget": self.budget,

@@ -9,6 +9,14 @@ thresholds for the online filter are the controller's business.
     table = vote(["1/2", "0.5", "3"], weights=[16.2, 15.9, 18.0])
     table.leader, table.beta                # -> "1/2", 0.639...
     method_vote("tail@10", answers, metrics, AnswerKeys())
+
+Ties are decided by a stated rule, never by float noise. One prefix gives one confidence,
+but not bit for bit: the engine's matmuls round differently in each batch they run in
+(measured on the bundled model: confidences of the same window differ by up to 4e-7 around
+15, while windows that really differ are 2e-2 apart or more). So two weights, or a
+confidence and a threshold, within TIE_TOLERANCE (relative) of each other are equal; among
+answers of equal weight the one with more traces wins, then the one seen first (callers pass
+traces in index order, which seeds fix).
 """
 
 from __future__ import annotations
@@ -27,14 +35,20 @@ from deepconf.errors import ConfigError
 
 __all__ = [
     "OFFLINE_METHODS",
+    "TIE_TOLERANCE",
     "AnswerKeys",
     "VoteRow",
     "VoteTable",
     "extract_answer",
     "keep_top",
     "method_vote",
+    "ranked",
+    "same_weight",
+    "tolerant_threshold",
     "vote",
 ]
+
+TIE_TOLERANCE = 1e-6  # relative: far above float noise (~3e-8), far below real gaps (~1e-3)
 
 # The paper's offline grid (Tables 1, 5, 10): plain majority, each metric as a weight alone,
 # and each metric as filter + weight at eta = 10 (DeepConf-low) and eta = 90 (DeepConf-high).
@@ -58,9 +72,34 @@ class VoteRow:
         return asdict(self)
 
 
+def same_weight(a: float, b: float) -> bool:
+    """Whether two weights are equal up to float noise (TIE_TOLERANCE, relative)."""
+    return math.isclose(a, b, rel_tol=TIE_TOLERANCE)
+
+
+def tolerant_threshold(threshold: float) -> float:
+    """The threshold a confidence must reach, lowered by TIE_TOLERANCE: a confidence equal to
+    it up to float noise reaches it. Without this, traces sharing the window that set the
+    threshold (the common prefix of one prompt) would be kept or cut at random."""
+    return threshold - TIE_TOLERANCE * abs(threshold)
+
+
+def ranked(weights: Sequence[float], counts: Sequence[int]) -> list[int]:
+    """Candidate indices (given in first-seen order), strongest first: by weight, weights
+    within TIE_TOLERANCE counting as equal; then more traces; then first seen."""
+    order = sorted(range(len(weights)), key=lambda i: -weights[i])
+    out: list[int] = []
+    while order:
+        top = weights[order[0]]
+        tied = [i for i in order if same_weight(weights[i], top)]
+        order = [i for i in order if not same_weight(weights[i], top)]
+        out += sorted(tied, key=lambda i: (-counts[i], i))
+    return out
+
+
 @dataclass(slots=True)
 class VoteTable:
-    """Candidates sorted by weight desc, then count desc, then first seen (deterministic)."""
+    """Candidates strongest first (`ranked`: weight, then count, then first seen)."""
 
     rows: list[VoteRow]
 
@@ -125,17 +164,18 @@ def vote(
         row = rows.setdefault(key, VoteRow(key, 0, 0.0))
         row.count += 1
         row.weight += w
-    # sorted() is stable, so equal (weight, count) keep first-seen order.
-    ordered = sorted(rows.values(), key=lambda r: (-r.weight, -r.count))
-    return VoteTable(ordered)
+    seen = list(rows.values())  # first-seen order
+    order = ranked([r.weight for r in seen], [r.count for r in seen])
+    return VoteTable([seen[i] for i in order])
 
 
 def keep_top(values: Sequence[float], keep_percent: float) -> np.ndarray:
     """Mask of the top `keep_percent`% of values (Alg. 1's filter).
 
     The threshold is np.percentile(values, 100 - keep_percent) with linear interpolation, as
-    the reference code does, and values >= threshold are kept: ties at the threshold all stay,
-    so slightly more than keep_percent% can survive. Empty input gives an empty mask.
+    the reference code does, and values >= threshold are kept: ties at the threshold all stay
+    (up to float noise: `tolerant_threshold`), so slightly more than keep_percent% can
+    survive. Empty input gives an empty mask.
     """
     if not 0 < keep_percent <= 100:
         raise ConfigError(f"keep_percent must be in (0, 100], got {keep_percent}")
@@ -146,8 +186,8 @@ def keep_top(values: Sequence[float], keep_percent: float) -> np.ndarray:
         return np.zeros(0, dtype=bool)
     if not np.isfinite(v).all():
         raise ConfigError("keep_top got a NaN or infinite confidence: drop such traces first")
-    threshold = np.percentile(v, 100.0 - keep_percent, method="linear")
-    return v >= threshold  # (n,) bool
+    threshold = float(np.percentile(v, 100.0 - keep_percent, method="linear"))
+    return v >= tolerant_threshold(threshold)  # (n,) bool
 
 
 def method_vote(

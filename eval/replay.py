@@ -40,7 +40,7 @@ from deepconf.eval.grading import Grade, Grader
 from deepconf.eval.report import Score
 from deepconf.online import warmup_threshold
 from deepconf.trace import TraceStatus, read_traces
-from deepconf.voting import AnswerKeys, method_vote
+from deepconf.voting import AnswerKeys, method_vote, ranked
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +179,9 @@ class _Tally:
     def leader(self) -> tuple[str | None, float]:
         if not self.rows:
             return None, 0.0
-        # max() keeps the first of equal keys: first seen wins ties, as in vote().
-        best = max(self.rows.values(), key=lambda r: (r[0], r[1]))
+        # The tie rule of vote(): weight (up to float noise), then count, then first seen.
+        rows = list(self.rows.values())
+        best = rows[ranked([r[0] for r in rows], [r[1] for r in rows])[0]]
         total = math.fsum(r[0] for r in self.rows.values())
         return best[2], (best[0] / total if total > 0 else 0.0)
 

@@ -13,11 +13,13 @@ from deepconf.confidence import TraceMetrics
 from deepconf.errors import ConfigError
 from deepconf.voting import (
     OFFLINE_METHODS,
+    TIE_TOLERANCE,
     AnswerKeys,
     VoteRow,
     VoteTable,
     keep_top,
     method_vote,
+    tolerant_threshold,
     vote,
 )
 
@@ -49,7 +51,16 @@ def ref_vote(
         t = tally.setdefault(a, [0, 0.0])
         t[0] += 1
         t[1] += 1.0 if weights is None else weights[i]
-    order = sorted(tally, key=lambda a: (-tally[a][1], -tally[a][0], first[a]))
+    # The stated rule, one pick at a time: the heaviest answer left, where weights within
+    # TIE_TOLERANCE of it tie with it; among those, more traces, then first seen.
+    order: list[str] = []
+    left = set(tally)
+    while left:
+        heaviest = max(tally[a][1] for a in left)
+        tied = [a for a in left if abs(tally[a][1] - heaviest) <= TIE_TOLERANCE * heaviest]
+        pick = min(tied, key=lambda a: (-tally[a][0], first[a]))
+        order.append(pick)
+        left.remove(pick)
     return [(a, int(tally[a][0]), tally[a][1]) for a in order]
 
 
@@ -106,6 +117,30 @@ def test_ties_break_by_weight_then_count_then_first_seen() -> None:
     assert vote(["4", "5"], [2.0, 2.0]).leader == "4"
     assert vote(["5", "4"], [2.0, 2.0]).leader == "5"
     assert [r.answer for r in vote(["6", "4", "5", "4", "5", "6"]).rows] == ["6", "4", "5"]
+
+
+@pytest.mark.parametrize("noise", [1e-9, -1e-9, 3e-8, -3e-8])
+def test_weights_equal_up_to_float_noise_are_a_tie(noise: float) -> None:
+    """Weights that differ by float noise (the engine rounds one window differently in each
+    batch: measured up to 3e-8 relative) are equal: the tie goes to the stated rule (more
+    traces, then first seen), never to the sign of the noise. The issue's lost votes were
+    exact 6-6 ties like this one."""
+    w = 15.515
+    six_and_six = ["1134"] * 6 + ["1234"] * 6
+    weights = [w] * 6 + [w * (1 + noise)] * 6
+    assert vote(six_and_six, weights).leader == "1134"  # first seen
+    assert vote(six_and_six[::-1], weights[::-1]).leader == "1234"
+    # One more trace wins the tie whichever side the noise favours.
+    assert vote(["1134"] * 5 + ["1234"] * 6, [w * 6 / 5] * 5 + [w * (1 + noise)] * 6).leader == (
+        "1234"
+    )
+
+
+def test_a_real_weight_gap_still_decides() -> None:
+    """Only noise ties: weights 1e-5 apart (ten times the tolerance) are ordered by weight,
+    even against more traces and first sight."""
+    assert vote(["a", "b", "b"], [30.0 * (1 + 1e-5), 15.0, 15.0]).leader == "a"
+    assert vote(["a", "b", "b"], [30.0, 15.0, 15.0 * (1 + 2e-5)]).leader == "b"
 
 
 def test_shared_keys_keep_class_names_across_votes() -> None:
@@ -177,10 +212,15 @@ def test_keep_top_eta_10_and_90() -> None:
 
 
 def test_keep_top_keeps_all_ties_at_the_threshold() -> None:
-    """Ties at the threshold all survive, so more than eta% can be kept (as the reference)."""
+    """Ties at the threshold all survive, so more than eta% can be kept (as the reference),
+    ties up to float noise included: confidences of one shared window differ in the 8th
+    digit, and the percentile lands between them."""
     v = [5.0, 5.0, 5.0, 5.0, 1.0]
     assert keep_top(v, 10).tolist() == [True, True, True, True, False]
     assert keep_top([3.0] * 7, 10).all()
+    noisy = [15.5 * (1 + e) for e in (3e-8, -2e-8, 1e-8, -3e-8)] + [12.0]
+    assert keep_top(noisy, 10).tolist() == [True, True, True, True, False]
+    assert tolerant_threshold(15.0) == pytest.approx(15.0 - 15.0 * TIE_TOLERANCE, rel=1e-15)
 
 
 def test_keep_top_edges() -> None:
@@ -202,8 +242,10 @@ def test_keep_top_edges() -> None:
     st.sampled_from([10.0, 90.0, 25.0, 50.0, 100.0]),
 )
 def test_keep_top_matches_hand_percentile(values: list[float], eta: float) -> None:
-    """The mask is exactly `value >= linear percentile(100 - eta)` computed by hand."""
-    threshold = ref_percentile(values, 100.0 - eta)
+    """The mask is exactly `value >= linear percentile(100 - eta)` computed by hand, less the
+    tie tolerance."""
+    percentile = ref_percentile(values, 100.0 - eta)
+    threshold = percentile - TIE_TOLERANCE * abs(percentile)
     want = [v >= threshold for v in values]
     got = keep_top(values, eta).tolist()
     # Float interpolation may differ in the last ulp; only values within it may disagree.
