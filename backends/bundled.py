@@ -29,6 +29,7 @@ from deepconf.backend import Message, Prompt, TokenBatch, TraceRequest, token_us
 from deepconf.backends.async_engine import AsyncEngine
 from deepconf.backends.engine import Engine, SamplingParams
 from deepconf.errors import ModelLoadError
+from deepconf.model_settings import sampling_with_card
 
 __all__ = ["BundledBackend", "bundled_model_path", "load_engine", "render_prompt"]
 
@@ -149,7 +150,8 @@ class BundledBackend:
         self.path = resolve_model_path(model_path)
         self._model_path = model_path
         self.model = BUNDLED_NAME if model_path is None else self.path.resolve().name
-        #: the model card's settings (window, temperature, top_p, max_tokens, ...), for the CLI
+        #: the model card (deepconf.json: window, tail, temperature, top_p, max_tokens, ...);
+        #: its settings fill what a caller leaves unset (deepconf.model_settings)
         self.defaults: dict[str, Any] = read_defaults(self.path)
         self.max_batch = max_batch
         self.max_len = max_len
@@ -169,7 +171,9 @@ class BundledBackend:
         await self.open()
         engine, tok = self._engine, self._tokenizer
         assert engine is not None
-        s = request.sampling
+        # Sampling the caller left unset is the model card's, as serve-model does for a
+        # request: a config built without the card still samples as the model needs.
+        s = sampling_with_card(request.sampling, self.defaults)
         ids = tok.encode(render_prompt(tok, request.prompt, s.system))
         k = request.top_logprobs
         params = SamplingParams(

@@ -42,6 +42,7 @@ from deepconf.backends.async_engine import AsyncEngine
 from deepconf.backends.bundled import load_engine, render_prompt
 from deepconf.backends.engine import SamplingParams, StepOutput
 from deepconf.errors import ConfigError
+from deepconf.model_settings import card_settings
 
 __all__ = ["create_app", "serve_model"]
 
@@ -94,9 +95,13 @@ class _HttpError(Exception):
         self.status, self.param, self.code = status, param, code
 
 
-def create_app(engine: AsyncEngine, tokenizer: Any, *, model_name: str) -> Starlette:
-    """The HTTP app over a running `AsyncEngine` (the caller owns and closes the engine)."""
-    server = _Server(engine, tokenizer, model_name)
+def create_app(
+    engine: AsyncEngine, tokenizer: Any, *, model_name: str, card: dict[str, Any] | None = None
+) -> Starlette:
+    """The HTTP app over a running `AsyncEngine` (the caller owns and closes the engine).
+    `card`: the model card (deepconf.json); its settings are advertised in /v1/models and
+    fill the sampling a request leaves unset."""
+    server = _Server(engine, tokenizer, model_name, card or {})
     return Starlette(
         routes=[
             Route("/v1/models", server.models, methods=["GET"]),
@@ -114,16 +119,23 @@ def serve_model(
     """Load a checkpoint folder (None: the bundled model) and serve it until interrupted."""
     import uvicorn
 
-    engine, tokenizer, name, _ = load_engine(model_path, max_batch=max_batch)
+    engine, tokenizer, name, card = load_engine(model_path, max_batch=max_batch)
     try:
-        uvicorn.run(create_app(engine, tokenizer, model_name=name), host=host, port=port)
+        app = create_app(engine, tokenizer, model_name=name, card=card)
+        uvicorn.run(app, host=host, port=port)
     finally:
         engine.close()
 
 
 class _Server:
-    def __init__(self, engine: AsyncEngine, tokenizer: Any, model_name: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, tokenizer: Any, model_name: str, card: dict[str, Any]
+    ) -> None:
         self.engine = engine
+        # The model's own DeepConf settings travel with it: advertised in /v1/models (where
+        # `deepconf solve --base-url` reads them) and applied to what a request leaves unset.
+        self.settings = card_settings(card)
+        self.advertised = {**self.settings, **({"task": card["task"]} if "task" in card else {})}
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.text = TokenText(tokenizer)
@@ -139,6 +151,8 @@ class _Server:
             "owned_by": "deepconf",
             "max_model_len": self.engine.engine.max_len,
         }
+        if self.advertised:
+            card["deepconf"] = self.advertised
         return JSONResponse({"object": "list", "data": [card]})
 
     async def metrics(self, request: Request) -> Response:
@@ -246,11 +260,18 @@ class _Server:
         max_tokens = body.max_tokens
         if isinstance(body, _ChatRequest):
             max_tokens = body.max_completion_tokens or max_tokens
+        # The card's sampling where the request left a field out (vLLM does the same with a
+        # model's generation_config.json): OpenAI's defaults (temperature 1, no max_tokens)
+        # are not this model's.
+        given, card = body.model_fields_set, self.settings
+        max_tokens = max_tokens or card.get("max_tokens")
+        temperature = body.temperature if "temperature" in given else card.get("temperature")
+        top_p = body.top_p if "top_p" in given else card.get("top_p")
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
         try:
             return SamplingParams(
-                temperature=body.temperature,
-                top_p=body.top_p,
+                temperature=body.temperature if temperature is None else temperature,
+                top_p=body.top_p if top_p is None else top_p,
                 top_k=max(body.top_k or 0, 0),
                 max_tokens=max_tokens or (16 if isinstance(body, _CompletionRequest) else room),
                 seed=body.seed,

@@ -7,6 +7,9 @@ because a loop cannot be re-entered. Async code should use `DeepConf` directly.
     from deepconf import solve
     result = solve("What is 17*23? Answer in \\boxed{}.", backend=backend, budget=32)
     print(result.answer, result.tokens.total)
+
+The backend's model card (`backend.defaults`: the bundled model's window, tail and sampling)
+fills every setting the caller left unset, as the CLI does, so both give the same result.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from deepconf.backend import Backend, Prompt
 from deepconf.config import DeepConfConfig, settings_message
 from deepconf.controller import DeepConf, ProgressCallback
 from deepconf.errors import ConfigError
+from deepconf.model_settings import model_card, with_model_defaults
 from deepconf.result import SolveResult
 
 
@@ -44,7 +48,8 @@ def solve(
             reopens them.
         config: the settings; `config_overrides` replace fields of it (or of the
             defaults), e.g. `budget=32, variant="high"`; nested sections take dicts,
-            merged into the current ones: `sampling={"seed": 0}`.
+            merged into the current ones: `sampling={"seed": 0}`. Settings set neither
+            here nor in `config` come from the backend's model card when it has one.
         trace_path, on_progress, problem_id: as for `DeepConf` / `DeepConf.solve`. Inside
             a running loop, on_progress is called on the worker thread.
     Raises:
@@ -52,6 +57,7 @@ def solve(
         BackendError: the backend could not serve (see the message).
     """
     cfg = with_overrides(config, config_overrides)
+    cfg, _ = with_model_defaults(cfg, model_card(backend))
     engine = DeepConf(backend, cfg, trace_path=trace_path, on_progress=on_progress)
 
     async def main() -> SolveResult:
@@ -72,8 +78,9 @@ def solve(
 
 def with_overrides(config: DeepConfConfig | None, overrides: dict[str, Any]) -> DeepConfConfig:
     """`config` (or the defaults) with top-level fields replaced and nested dicts merged,
-    validated as a whole so cross-field rules (warmup <= budget) still apply."""
-    base = (config if config is not None else DeepConfConfig()).model_dump()
+    validated as a whole so cross-field rules (warmup <= budget) still apply. Only the
+    fields someone set travel (`exclude_unset`), so the model card can still fill the rest."""
+    base = (config if config is not None else DeepConfConfig()).model_dump(exclude_unset=True)
     unknown = sorted(set(overrides) - set(DeepConfConfig.model_fields))
     if unknown:
         known = ", ".join(sorted(DeepConfConfig.model_fields))
@@ -82,7 +89,7 @@ def with_overrides(config: DeepConfConfig | None, overrides: dict[str, Any]) -> 
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **value}
         elif hasattr(value, "model_dump"):
-            base[key] = value.model_dump()
+            base[key] = value.model_dump(exclude_unset=True)
         else:
             base[key] = value
     try:

@@ -1,17 +1,19 @@
 """The `deepconf` command line: the composition root that picks a backend and a config.
 
-    deepconf solve "Compute 37+58-19+64."                         # bundled model, in process
+    deepconf solve "Compute 958+672-205-968-157."                  # bundled model, in process
     deepconf solve --base-url http://localhost:8000/v1 --window 2048 --file problem.txt
     deepconf serve-model --port 8001                             # the bundled model over HTTP
 
-Only parsing and printing live here; nothing imports from this module. Expected errors
-(`DeepConfError`) become a one-line message and exit code 1; anything else is a bug and
+Only parsing and printing live here (the solve's views: deepconf/solve_view.py); nothing
+imports from this module. Expected errors (`DeepConfError`) become a one-line message and
+exit code 1; Ctrl-C says what was interrupted and exits 130; anything else is a bug and
 keeps its traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sys
 import time
@@ -19,14 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
+from deepconf import __version__
 from deepconf.cli_common import (
     Api,
     ApiKey,
     BaseUrl,
+    BottomFraction,
     Budget,
     Concurrency,
     MaxEventMb,
@@ -38,6 +40,7 @@ from deepconf.cli_common import (
     RequestsPerSecond,
     Seed,
     System,
+    Tail,
     Tau,
     Temperature,
     Timeout,
@@ -48,10 +51,12 @@ from deepconf.cli_common import (
     Variant,
     Warmup,
     Window,
-    backend_defaults,
     backend_from_flags,
-    config_from_flags,
+    card_note,
+    config_and_card,
+    console,
     fail,
+    model_card_of,
     note,
 )
 from deepconf.doctor_command import doctor_command
@@ -62,6 +67,11 @@ from deepconf.serve.command import serve_command
 if TYPE_CHECKING:  # annotations only: importing it at start-up would load numpy
     from deepconf.backend import Backend
 
+# The distribution on the package index (`pip install deepconf-orchestrator`); the command
+# and the import package are `deepconf`. The index's "deepconf" is another project (the
+# paper authors' vLLM wrapper, import name deepconf too): `deepconf --version` tells them apart.
+DISTRIBUTION = "deepconf-orchestrator"
+
 app = typer.Typer(
     name="deepconf",
     help="DeepConf: many reasoning traces, low-confidence ones pruned early, a confident vote.",
@@ -71,109 +81,112 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"deepconf {__version__} (distribution {DISTRIBUTION}; {Path(__file__).parent})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version, the distribution and where it is installed, then exit.",
+            callback=_print_version,
+            is_eager=True,
+            metavar="",
+        ),
+    ] = False,
+) -> None:
+    """DeepConf: many reasoning traces, low-confidence ones pruned early, a confident vote."""
+
+
 def _read_prompt(prompt: str | None, file: Path | None) -> str:
     if file is not None:
         if prompt is not None:
             raise ConfigError("give the problem either as PROMPT or with --file, not both")
         try:
-            return file.read_text(encoding="utf-8")
+            text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read --file {file}: {exc.strerror}") from exc
-    if prompt is None:
+        where = f"--file {file}"
+    elif prompt is None:
         raise ConfigError("no problem given: pass PROMPT, '-' to read stdin, or --file PATH")
-    if prompt == "-":
-        return sys.stdin.read()
-    return prompt
+    elif prompt == "-":
+        text, where = sys.stdin.read(), "stdin"
+    else:
+        text, where = prompt, "PROMPT"
+    if not text.strip():
+        # A model given nothing still writes something (the bundled one: an answer of 3),
+        # and an exit 0 would vouch for it.
+        raise ConfigError(f"the problem is empty ({where} holds no text): give the problem")
+    return text
 
 
-# --- live view ------------------------------------------------------------------------------
+def _family_note(backend: Backend, prompt: str) -> str | None:
+    """A note when the bundled model is asked something outside its task family (it will
+    still answer, with a chain of arithmetic that means nothing)."""
+    from deepconf.eval import task_chain
+    from deepconf.model_settings import model_card
 
-
-def _progress_table(p: Any, started: float) -> Table:
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold cyan")
-    table.add_column()
-    threshold = "—" if p.threshold is None else f"{p.threshold:.3f}"
-    leader = "—" if p.leader is None else str(p.leader)
-    table.add_row("phase", str(p.phase))
-    table.add_row("traces", f"{p.launched}/{p.budget} launched, {p.in_flight} in flight")
-    table.add_row(
-        "finished",
-        f"{p.completed} completed, {p.pruned} pruned, {p.truncated} truncated, "
-        f"{p.cancelled} cancelled, {p.failed} failed",
+    if model_card(backend).get("task") != task_chain.TASK_ID or task_chain.in_family(prompt):
+        return None
+    return (
+        "the bundled model is a tiny model that only knows chains of additions and"
+        " subtractions whose numbers all have the same number of digits (1-3), such as"
+        " 'Compute 48+75-29+63.'; its answer to anything else means nothing. For other"
+        " problems point deepconf at a real model server with --base-url (e.g. vLLM serving"
+        " Falcon-H1R-7B)"
     )
-    table.add_row("threshold", threshold)
-    table.add_row("leader", f"{leader}  (beta {p.beta:.2f})")
-    table.add_row("tokens", f"{p.tokens:,}  ({time.monotonic() - started:.1f}s)")
-    return table
 
 
-def _summary(console: Console, result: Any) -> None:
-    votes = Table(title="votes", show_edge=False)
-    votes.add_column("answer")
-    votes.add_column("traces", justify="right")
-    votes.add_column("weight", justify="right")
-    for row in result.votes:
-        votes.add_row(str(row.answer), str(row.count), f"{row.weight:.2f}")
-    console.print(votes)
-    if result.fallback:
-        console.print(f"[yellow]note:[/] {result.fallback}")
-    tokens = result.tokens
-    line = f"tokens: {tokens.total:,} (warm-up {tokens.warmup:,}, online {tokens.online:,})"
-    majority = getattr(result, "tokens_majority_estimate", None)
-    if majority:
-        saved = 1.0 - tokens.total / majority
-        line += f"; plain majority over the same budget: ~{majority:,.0f} ({saved:+.0%} saved)"
-    console.print(line)
-    statuses: dict[str, int] = {}
-    for trace in result.traces:
-        statuses[str(trace.status)] = statuses.get(str(trace.status), 0) + 1
-    shown = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-    threshold = "—" if result.threshold is None else f"{result.threshold:.3f}"
-    console.print(
-        f"traces: {shown}; threshold {threshold}; beta {result.beta:.2f}; "
-        f"stopped by {result.stop_reason}; {result.wall_time:.1f}s"
-    )
-    console.print(f"[bold]answer:[/] [bold green]{result.answer}[/]")
+def _problem_id(given: str | None, text: str, save_traces: Path | None) -> str | None:
+    """The problem id traces are saved under: the one given, or one derived from the text
+    (a replay keys pools and gold answers by it)."""
+    if given is not None or save_traces is None:
+        return given
+    return "prompt-" + hashlib.blake2b(text.strip().encode(), digest_size=4).hexdigest()
 
 
 async def _run_solve(
-    backend: Backend, config: Any, prompt: str, save_traces: Path | None, live: bool
+    backend: Backend,
+    config: Any,
+    prompt: str,
+    save_traces: Path | None,
+    live: bool,
+    problem_id: str | None,
 ) -> Any:
     from deepconf.controller import DeepConf
+    from deepconf.solve_view import progress_table
 
-    console = Console(stderr=True)
     started = time.monotonic()
     try:
         await backend.open()
         if not live:
-            return await DeepConf(backend, config, trace_path=save_traces).solve(prompt)
-        with Live(console=console, refresh_per_second=8, transient=True) as view:
+            engine = DeepConf(backend, config, trace_path=save_traces)
+            return await engine.solve(prompt, problem_id=problem_id)
+        with Live(console=console(stderr=True), refresh_per_second=8, transient=True) as view:
 
             def on_progress(p: Any) -> None:
-                view.update(_progress_table(p, started))
+                view.update(progress_table(p, started))
 
             engine = DeepConf(backend, config, trace_path=save_traces, on_progress=on_progress)
-            return await engine.solve(prompt)
+            return await engine.solve(prompt, problem_id=problem_id)
     finally:
         await backend.aclose()
 
 
-def _bundled_prompt(backend: Backend, prompt: str) -> tuple[str, str | None]:
-    """The prompt as the bundled model was trained to read it, and a note for the user when
-    it is outside the model's task family (the model will still try, and say nonsense)."""
-    from deepconf.eval import task_chain
-
-    if backend_defaults(backend).get("task") != task_chain.TASK_ID:
-        return prompt, None
-    problem = task_chain.parse_prompt(prompt.strip())
-    if problem is not None:
-        return problem.expression, None
-    return prompt, (
-        "the bundled model is a tiny model that only knows chains of additions and "
-        "subtractions of small numbers, such as 'Compute 48+75-29+63.'; for other problems "
-        "point deepconf at a real model server with --base-url (e.g. vLLM serving "
-        "Falcon-H1R-7B)"
+def _saved_note(path: Path, problem_id: str | None, mode: str) -> str:
+    if mode != "offline":
+        return (
+            f"traces saved to {path} (problem id {problem_id}); online traces are pruned, so"
+            " replay needs traces recorded with --mode offline"
+        )
+    return (
+        f"traces saved to {path} (problem id {problem_id}); replay them with:"
+        f" deepconf replay {path} --gold ANSWER"
     )
 
 
@@ -200,6 +213,8 @@ def solve(
     token_budget: TokenBudget = None,
     warmup: Warmup = None,
     window: Window = None,
+    tail: Tail = None,
+    bottom_fraction: BottomFraction = None,
     tau: Tau = None,
     top_logprobs: TopLogprobs = None,
     concurrency: Concurrency = None,
@@ -212,12 +227,24 @@ def solve(
     save_traces: Annotated[
         Path | None, typer.Option("--save-traces", help="Append every trace to this JSONL file.")
     ] = None,
+    problem_id: Annotated[
+        str | None,
+        typer.Option(
+            "--problem-id",
+            help="The id saved traces carry (replay keys gold answers by it)."
+            " [default: prompt-<hash of the problem>]",
+        ),
+    ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print only the result record as JSON on stdout.")
+        bool,
+        typer.Option("--json", help="Print only the result record as JSON on stdout.", metavar=""),
     ] = False,
 ) -> None:
-    """Solve one problem with DeepConf and print the answer with its votes."""
-    console = Console()
+    """Solve one problem with DeepConf and print the answer, with plain majority beside it.
+
+    Exit 0: an answer. Exit 1: an error, or no answer (the message says why and what to
+    change). Exit 130: interrupted.
+    """
     try:
         text = _read_prompt(prompt, file)
         backend = backend_from_flags(
@@ -232,14 +259,17 @@ def solve(
             probe=not no_probe,
             max_event_mb=max_event_mb,
         )
-        config = config_from_flags(
-            defaults=backend_defaults(backend),
+        card, source = model_card_of(backend, base_url, model, api_key, timeout)
+        config, from_card = config_and_card(
+            card,
             mode=mode,
             variant=variant,
             budget=budget,
             token_budget=token_budget,
             warmup=warmup,
             window=window,
+            tail=tail,
+            bottom_fraction=bottom_fraction,
             tau=tau,
             top_logprobs=top_logprobs,
             concurrency=concurrency,
@@ -250,19 +280,34 @@ def solve(
             seed=seed,
             system=system,
         )
-        text, hint = (text, None) if base_url else _bundled_prompt(backend, text)
-        if hint and not as_json:
-            note(hint)
+        if (said := card_note(from_card, source)) and not as_json:
+            note(said)
+        if family := _family_note(backend, text):
+            note(family)  # on stderr even with --json: the answer means nothing
+        pid = _problem_id(problem_id, text, save_traces)
         live = not as_json and sys.stderr.isatty()
-        result = asyncio.run(_run_solve(backend, config, text, save_traces, live))
+        result = asyncio.run(_run_solve(backend, config, text, save_traces, live, pid))
     except DeepConfError as exc:
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        saved = f"; the traces that ended are in {save_traces}" if save_traces else ""
+        raise fail(f"interrupted: no answer{saved}", code=130) from None
     if as_json:
         from deepconf.result import json_default
 
         typer.echo(json.dumps(result.to_dict(), default=json_default))
-        return
-    _summary(console, result)
+    else:
+        from deepconf.solve_view import print_summary
+
+        print_summary(console(), result)
+    if save_traces is not None and not as_json:
+        note(_saved_note(save_traces, pid, config.mode))
+    if result.answer is None:
+        from deepconf.solve_view import no_answer_hint
+
+        raise fail(no_answer_hint(result, config))
+    if family and not as_json:
+        note("the problem is outside the bundled model's task family (see above)")
 
 
 @app.command("serve-model")
@@ -275,7 +320,12 @@ def serve_model(
     port: Annotated[int, typer.Option("--port")] = 8001,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Sequences decoded at once.")] = 64,
 ) -> None:
-    """Serve a Falcon-H1 checkpoint (default: the bundled model) over an OpenAI-compatible API."""
+    """Serve a Falcon-H1 checkpoint (default: the bundled model) over an OpenAI-compatible API.
+
+    GET /v1/models advertises the model card's DeepConf settings (a `deepconf` object), and
+    requests that leave sampling unset get the card's: `deepconf solve --base-url` then
+    behaves as in process.
+    """
     from deepconf.backends.model_server import serve_model as run_server
 
     try:
@@ -287,10 +337,16 @@ def serve_model(
 _BENCHMARKS = {"stream": "deepconf.eval.bench_stream", "engine": "deepconf.eval.bench_engine"}
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # `bench stream --help` is the benchmark's help, not this one
+)
 def bench(
     ctx: typer.Context,
-    which: Annotated[str, typer.Argument(help="stream (client hot path) or engine (bundled).")],
+    which: Annotated[
+        str | None,
+        typer.Argument(help="stream (client hot path) or engine (bundled).", show_default=False),
+    ] = None,
 ) -> None:
     """Run a benchmark; it prints ratios measured side by side in one run.
 
@@ -299,6 +355,9 @@ def bench(
     """
     import importlib
 
+    if which is None or which in ("--help", "-h"):
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0 if which else 2)
     if which not in _BENCHMARKS:
         raise fail(f"unknown benchmark {which!r}: choose {' or '.join(_BENCHMARKS)}")
     importlib.import_module(_BENCHMARKS[which]).main(list(ctx.args))

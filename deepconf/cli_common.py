@@ -1,20 +1,24 @@
-"""Flags shared by the commands that run DeepConf (solve, eval, serve), the two
-factories that turn them into a config and a backend, and the one way a command fails.
+"""Flags shared by the commands that run DeepConf (solve, eval, serve), the factories that
+turn them into a config and a backend, and the one way a command fails or notes something.
 
-Each flag maps 1:1 to a config field. Flags left unset (None) take the backend's defaults:
-the bundled model's card (its window and sampling) when no --base-url is given, the
-DeepConfConfig defaults (the paper's) otherwise.
+Each flag maps 1:1 to a config field. Flags left unset (None) take the model's card: the
+bundled model's deepconf.json in process, or the `deepconf` settings a server advertises in
+GET /v1/models with --base-url (`model_card_of`); then the DeepConfConfig defaults (the
+paper's).
 
-    config = config_from_flags(defaults=backend_defaults(backend), window=64, budget=32)
+    card, source = model_card_of(backend, base_url, model, api_key)
+    config, from_card = config_and_card(card, window=64, budget=32)
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from deepconf.errors import ConfigError
 
@@ -24,15 +28,35 @@ if TYPE_CHECKING:  # annotations only: at start-up (`deepconf --help`) these wou
     from deepconf.config import DeepConfConfig
 
 
-def fail(message: str) -> typer.Exit:
-    """Print an expected error as one red line on stderr; raise the returned exit (code 1)."""
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=1)
+# Piped output is read by people too (`| tee log`, CI logs): rich would fold it to 80 columns
+# and cut table headers to "accu…"; a pipe has no width, so give it a readable one.
+PIPE_WIDTH = 120
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console for command output: the terminal's width, or PIPE_WIDTH (or $COLUMNS)
+    when the stream is not a terminal."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None
+    if not stream.isatty():
+        width = int(os.environ.get("COLUMNS") or 0) or PIPE_WIDTH
+    return Console(stderr=stderr, width=width)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print an expected error as one red line on stderr; raise the returned exit (code 1).
+    The message is printed as written: brackets (pip extras, lists) are not rich markup."""
+    console(stderr=True).print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )
+    return typer.Exit(code=code)
 
 
 def note(message: str) -> None:
     """A yellow one-line note on stderr (stdout stays clean for --json and tables)."""
-    Console(stderr=True).print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+    console(stderr=True).print(
+        f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )
 
 
 # --- backend flags -------------------------------------------------------------------------
@@ -85,30 +109,118 @@ MaxEventMb = Annotated[
     typer.Option("--max-event-mb", help="Largest server-sent event accepted, in MiB."),
 ]
 
-# --- DeepConf flags (None: the backend's default) -------------------------------------------
-Mode = Annotated[str | None, typer.Option("--mode", help="online (Algorithm 2) or offline.")]
+# --- DeepConf flags (None: the model card's value, else DeepConfConfig's default) ----------
+# Help texts state the defaults by hand: importing DeepConfConfig here would load pydantic
+# at start-up; tests/test_cli_flags.py holds them equal to the config's.
+Mode = Annotated[
+    str | None,
+    typer.Option(
+        "--mode",
+        help="online (Algorithm 2: warm-up, threshold, pruning, consensus stop) or offline"
+        " (N traces, then filtered votes). [default: online]",
+    ),
+]
 Variant = Annotated[
-    str | None, typer.Option("--variant", help="low keeps the top 10%, high the top 90%.")
+    str | None,
+    typer.Option(
+        "--variant",
+        help="low keeps the top 10% of warm-up traces (aggressive), high the top 90% (safe)."
+        " [default: low]",
+    ),
 ]
-Budget = Annotated[int | None, typer.Option("--budget", help="Trace budget, warm-up included.")]
+Budget = Annotated[
+    int | None,
+    typer.Option("--budget", help="Trace budget, warm-up included. [default: 64]"),
+]
 TokenBudget = Annotated[
-    int | None, typer.Option("--token-budget", help="Stop after this many tokens in all.")
+    int | None,
+    typer.Option(
+        "--token-budget",
+        help="Stop once this many tokens are generated in all. [default: none]",
+    ),
 ]
-Warmup = Annotated[int | None, typer.Option("--warmup", help="Warm-up traces (default 16).")]
-Window = Annotated[int | None, typer.Option("--window", help="Group window in tokens.")]
-Tau = Annotated[float | None, typer.Option("--tau", help="Consensus to stop at (default 0.95).")]
+Warmup = Annotated[
+    int | None,
+    typer.Option(
+        "--warmup",
+        help="Warm-up traces, run to completion to set the threshold."
+        " [default: 16, or --budget when smaller]",
+    ),
+]
+Window = Annotated[
+    int | None,
+    typer.Option(
+        "--window",
+        help="Group window in tokens. [default: the model card's (bundled model: 16), else 2048]",
+    ),
+]
+Tail = Annotated[
+    int | None,
+    typer.Option(
+        "--tail",
+        help="Tokens of the tail-confidence metric (tail, tail@10, ...)."
+        " [default: the model card's (bundled model: 16), else 2048]",
+    ),
+]
+BottomFraction = Annotated[
+    float | None,
+    typer.Option(
+        "--bottom-fraction",
+        help="Fraction of lowest groups the bottom metric averages. [default: 0.1]",
+    ),
+]
+Tau = Annotated[
+    float | None,
+    typer.Option("--tau", help="Consensus beta at which generation stops. [default: 0.95]"),
+]
 TopLogprobs = Annotated[
-    int | None, typer.Option("--top-logprobs", help="k logprobs per token (default 20).")
+    int | None,
+    typer.Option("--top-logprobs", help="k: top logprobs per token. [default: 20]"),
 ]
-Concurrency = Annotated[int | None, typer.Option("--concurrency", help="Traces in flight.")]
+Concurrency = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency",
+        help="Traces in flight (1 reproduces the paper's sequential run). [default: 16]",
+    ),
+]
 OfflineMethod = Annotated[
-    str | None, typer.Option("--offline-method", help="Offline answer method, e.g. tail@10.")
+    str | None,
+    typer.Option(
+        "--offline-method",
+        help="Offline answer: majority, mean, tail, bottom, lowest, or one with @10 / @90."
+        " [default: tail@10]",
+    ),
 ]
-Temperature = Annotated[float | None, typer.Option("--temperature", help="Sampling temperature.")]
-TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")]
-MaxTokens = Annotated[int | None, typer.Option("--max-tokens", help="Max tokens per trace.")]
-Seed = Annotated[int | None, typer.Option("--seed", help="Base seed; trace i uses seed + i.")]
-System = Annotated[str | None, typer.Option("--system", help="System prompt (chat API).")]
+Temperature = Annotated[
+    float | None,
+    typer.Option(
+        "--temperature",
+        help="Sampling temperature. [default: the model card's (bundled model: 1.0), else 0.6]",
+    ),
+]
+TopP = Annotated[
+    float | None,
+    typer.Option(
+        "--top-p",
+        help="Nucleus sampling mass. [default: the model card's (bundled model: 1.0), else 0.95]",
+    ),
+]
+MaxTokens = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tokens",
+        help="Max tokens per trace. [default: the model card's (bundled model: 160), else 8192]",
+    ),
+]
+Seed = Annotated[
+    int | None,
+    typer.Option("--seed", help="Base seed; trace i uses seed + i. [default: unseeded]"),
+]
+System = Annotated[
+    str | None,
+    typer.Option("--system", help="System prompt (chat API). [default: none]"),
+]
 
 # Flags that live in a sub-model of DeepConfConfig.
 _CONFIDENCE = {"window", "top_logprobs", "tail", "bottom_fraction"}
@@ -116,35 +228,44 @@ _SAMPLING = {"temperature", "top_p", "max_tokens", "seed", "system"}
 
 
 def config_from_flags(defaults: dict[str, Any] | None = None, **flags: Any) -> DeepConfConfig:
-    """Build the config from CLI flags; unset flags fall back to `defaults` (a backend's
-    model card: window, temperature, top_p, max_tokens, ...) and then to the config's own.
+    """Build the config from CLI flags; unset flags (None) take the model card's settings in
+    `defaults` (window, tail, temperature, top_p, max_tokens, ...), then the config's own.
 
     Raises ConfigError with pydantic's message when a value is out of range."""
-    from deepconf.config import DeepConfConfig, settings_message
+    return config_and_card(defaults, **flags)[0]
 
-    merged: dict[str, Any] = {}
-    for source in (defaults or {}, flags):
-        merged.update({k: v for k, v in source.items() if v is not None})
+
+def config_and_card(
+    card: dict[str, Any] | None = None, **flags: Any
+) -> tuple[DeepConfConfig, dict[str, Any]]:
+    """`config_from_flags`, and the settings the model card supplied (for a note)."""
+    from deepconf.config import DeepConfConfig, settings_message
+    from deepconf.model_settings import with_model_defaults
+
+    given = {k: v for k, v in flags.items() if v is not None}
     top: dict[str, Any] = {}
     confidence: dict[str, Any] = {}
     sampling: dict[str, Any] = {}
-    for key, value in merged.items():
+    for key, value in given.items():
         if key in _CONFIDENCE:
             confidence[key] = value
         elif key in _SAMPLING:
             sampling[key] = value
-        elif key in DeepConfConfig.model_fields:
+        else:
             top[key] = value
-        # other model-card keys (task, notes, ...) are not config
     # An online run's warm-up cannot exceed its budget; shrink the default warm-up to fit a
-    # small --budget rather than refuse (an explicit --warmup is still checked).
-    if flags.get("warmup") is None and "budget" in top:
-        default = DeepConfConfig.model_fields["warmup"].default
-        top["warmup"] = min(top.get("warmup", default), top["budget"])
+    # small --budget rather than refuse (an explicit --warmup is still checked). A budget
+    # below 1 is left for the budget's own message, not blamed on a warm-up nobody set.
+    default_warmup = DeepConfConfig.model_fields["warmup"].default
+    if "warmup" not in top and 1 <= top.get("budget", default_warmup) < default_warmup:
+        top["warmup"] = top["budget"]
     try:
-        return DeepConfConfig(**top, confidence=confidence, sampling=sampling)
+        config = DeepConfConfig(**top, confidence=confidence, sampling=sampling)
     except ValueError as exc:
         raise ConfigError(settings_message(exc)) from exc
+    # Only the flags given are set (pydantic's fields_set): the card fills every other
+    # setting it names, exactly as for the Python API.
+    return with_model_defaults(config, card)
 
 
 def backend_from_flags(
@@ -164,15 +285,22 @@ def backend_from_flags(
 
     `top_logprobs` is k: the HTTP backend's probe then fails at open() when the server
     returns fewer, instead of every trace failing one by one."""
+    if api not in ("chat", "completions"):
+        raise ConfigError(f"--api must be chat or completions, got {api!r}")
     if not base_url:
+        if api != "chat":
+            # In process there is no wire API: the prompt always goes through the model's
+            # chat template. Accepting the flag silently would suggest otherwise.
+            raise ConfigError(
+                "--api applies to servers (--base-url); the bundled model in process always"
+                " renders the prompt with its chat template"
+            )
         from deepconf.backends.bundled import BundledBackend
 
         return BundledBackend(model)
     from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
     from deepconf.config import DeepConfConfig, settings_message
 
-    if api not in ("chat", "completions"):
-        raise ConfigError(f"--api must be chat or completions, got {api!r}")
     try:
         config = HttpBackendConfig(
             base_urls=list(base_url),
@@ -193,5 +321,37 @@ def backend_from_flags(
 
 def backend_defaults(backend: Backend) -> dict[str, Any]:
     """A backend's recommended settings (the bundled model card's), or none."""
-    defaults = getattr(backend, "defaults", None)
-    return dict(defaults) if isinstance(defaults, dict) else {}
+    from deepconf.model_settings import model_card
+
+    return model_card(backend)
+
+
+def model_card_of(
+    backend: Backend,
+    base_url: list[str] | None,
+    model: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 10.0,
+) -> tuple[dict[str, Any], str]:
+    """The model's card for the flags' defaults, and where it came from (for the note):
+    the in-process model's deepconf.json, or what the server advertises in /v1/models for
+    the model (none when it advertises nothing: vLLM, llama.cpp, hosted APIs).
+
+    Raises ConnectError when no --base-url answers: the solve could not run anyway, and
+    this says so before anything else is tried."""
+    if not base_url:
+        return backend_defaults(backend), f"the model card of {backend.model}"
+    from deepconf.model_settings import advertised_settings
+
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    name, card = advertised_settings(base_url, model, api_key=key, timeout=min(timeout, 10.0))
+    return card, f"the settings {base_url[0]} advertises for {name}"
+
+
+def card_note(applied: dict[str, Any], source: str) -> str | None:
+    """'using window 16, tail 16, ... from <source> (a flag overrides each)', or None."""
+    if not applied:
+        return None
+    from deepconf.model_settings import describe
+
+    return f"using {describe(applied)} from {source} (a flag overrides each)"

@@ -16,18 +16,35 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
+from deepconf.eval.task_chain import PROMPT_LEADS
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 CHARS = ["\n", *(chr(c) for c in range(32, 127))]
 
 # Renders [{"role": "user", "content": "37+58-19"}] into exactly the training prompt.
 # System messages are dropped (the model knows none); only the last user turn counts.
+# The natural ways to pose the same problem ("Compute 37+58-19.", "What is 37 + 58 - 19?")
+# become the bare expression the model was trained on, so every door to the model (our
+# engine, serve-model, transformers, llama.cpp) reads them alike; a message that is not an
+# expression once those words, spaces, newlines, a trailing "Solution:" (the training prompt
+# itself) and one trailing ".", "?" or "=" are gone passes
+# through unchanged. task_chain.parse_prompt accepts the same forms (a test holds them equal).
 CHAT_TEMPLATE = (
-    "{%- set ns = namespace(content='') -%}"
+    "{%- set ns = namespace(content='', expr='', ok=true) -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}{%- set ns.content = message['content'] -%}{%- endif -%}"
     "{%- endfor -%}"
-    "Problem: {{ ns.content | trim }}{{ '\\n' }}"
+    "{%- set ns.expr = ns.content | trim -%}"
+    "{%- for lead in " + repr([w for lead in PROMPT_LEADS for w in (lead, lead.lower())]) + " -%}"
+    "{%- if ns.expr.startswith(lead) -%}{%- set ns.expr = ns.expr[lead | length:] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set ns.expr = ns.expr | replace(' ', '') | replace('\\n', '') -%}"
+    "{%- if ns.expr.endswith('Solution:') -%}{%- set ns.expr = ns.expr[:-9] -%}{%- endif -%}"
+    "{%- if ns.expr[-1:] in ['.', '?', '='] -%}{%- set ns.expr = ns.expr[:-1] -%}{%- endif -%}"
+    "{%- for ch in ns.expr -%}{%- if ch not in '0123456789+-' -%}{%- set ns.ok = false -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "Problem: {{ ns.expr if ns.ok and ns.expr else ns.content | trim }}{{ '\\n' }}"
     "{%- if add_generation_prompt %}Solution: {% endif -%}"
 )
 

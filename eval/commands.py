@@ -14,8 +14,10 @@ their matplotlib import load only when `plot` runs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +28,7 @@ from deepconf.cli_common import (
     Api,
     ApiKey,
     BaseUrl,
+    BottomFraction,
     Budget,
     Concurrency,
     MaxEventMb,
@@ -35,6 +38,7 @@ from deepconf.cli_common import (
     RequestsPerSecond,
     Seed,
     System,
+    Tail,
     Tau,
     Temperature,
     Timeout,
@@ -44,19 +48,26 @@ from deepconf.cli_common import (
     TraceTimeout,
     Warmup,
     Window,
-    backend_defaults,
     backend_from_flags,
-    config_from_flags,
+    card_note,
+    config_and_card,
+    console,
     fail,
+    model_card_of,
     note,
 )
 from deepconf.errors import ConfigError, DeepConfError
 from deepconf.eval.report import (
+    Disagreement,
     MethodSummary,
     Score,
+    disagreement_markdown,
+    disagreement_table,
     markdown_table,
+    method_majority_answers,
     rich_table,
     summarise,
+    summarise_disagreements,
     unparsed_markdown,
     unparsed_scores,
 )
@@ -72,24 +83,55 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def write_report(
-    output: Path, scores: list[Score], title: str, console: Console
+    output: Path,
+    scores: list[Score],
+    title: str,
+    out: Console,
+    disagreements: list[Disagreement] | None = None,
 ) -> list[MethodSummary]:
-    """Print the table and the unparsed answers; save report.md and summary.json."""
+    """Print the table, DeepConf against majority and the unparsed answers; save report.md
+    and summary.json."""
     rows = summarise(scores)
-    console.print(rich_table(rows, title=title))
+    out.print(rich_table(rows, title=title))
+    if disagreements:
+        out.print(disagreement_table(disagreements))
     unparsed = unparsed_scores(scores)
     if unparsed:
-        console.print(f"[yellow]{len(unparsed)} grade(s) fell back to string comparison:[/]")
+        out.print(f"[yellow]{len(unparsed)} grade(s) fell back to string comparison:[/]")
         for s in unparsed[:20]:
-            console.print(f"  {s.problem_id} [{s.method}]: {s.answer!r}", highlight=False)
+            out.print(f"  {s.problem_id} [{s.method}]: {s.answer!r}", highlight=False)
     output.mkdir(parents=True, exist_ok=True)
     (output / "report.md").write_text(
-        f"# {title}\n\n" + markdown_table(rows) + unparsed_markdown(scores), encoding="utf-8"
+        f"# {title}\n\n"
+        + markdown_table(rows)
+        + disagreement_markdown(disagreements or [])
+        + unparsed_markdown(scores),
+        encoding="utf-8",
     )
     (output / "summary.json").write_text(
         json.dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8"
     )
     return rows
+
+
+def disagreements_of(results: list[dict[str, Any]]) -> list[Disagreement]:
+    """Each method against plain majority over the same traces, graded per run."""
+    from deepconf.eval.grading import Grader
+
+    grader = Grader()
+    graded = []
+    for line in results:
+        gold = str(line["gold"])
+        for method, answer, majority in method_majority_answers([line]):
+            graded.append(
+                (
+                    method,
+                    answer != majority,
+                    grader.grade(answer, gold).correct,
+                    grader.grade(majority, gold).correct,
+                )
+            )
+    return summarise_disagreements(graded)
 
 
 # --- eval ------------------------------------------------------------------------------------
@@ -111,44 +153,19 @@ async def _eval_main(
     output: Path,
     max_traces: int,
     parallel: int,
-    console: Console,
+    view: Console,
 ) -> list[dict[str, Any]]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from deepconf.eval.runner import read_results, run_eval
 
     done = read_results(output / "results.jsonl")
     ids = {p.problem_id for p in problems}
     seen = [r for r in done if r["problem_id"] in ids]
-    with Progress(
-        TextColumn("[bold]eval"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[acc]}"),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task(
-            "eval",
-            total=len(problems),
-            completed=len(seen),
-            acc=_running_accuracy(seen) if seen else "",
+    if seen:
+        note(
+            f"resuming: {len(seen)}/{len(problems)} problems are already done in {output};"
+            f" running the other {len(problems) - len(seen)}"
         )
-
-        def on_result(line: dict[str, Any]) -> None:
-            seen.append(line)
-            progress.update(task, advance=1, acc=_running_accuracy(seen))
-
+    with _progress_view(view, len(problems), seen) as on_result:
         try:
             results = await run_eval(
                 backend,
@@ -163,6 +180,71 @@ async def _eval_main(
         finally:
             await backend.aclose()
     return [r for r in results if r["problem_id"] in ids]
+
+
+@contextlib.contextmanager
+def _progress_view(
+    view: Console, total: int, seen: list[dict[str, Any]]
+) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Yield the callback each finished problem goes to: a progress bar on a terminal; on a
+    pipe (a log file, CI) one plain line per problem, since a bar redrawn with carriage
+    returns reads as garbage there."""
+    if not view.is_terminal:
+
+        def line(result: dict[str, Any]) -> None:
+            seen.append(result)
+            view.print(f"eval {len(seen)}/{total}  {_running_accuracy(seen)}", highlight=False)
+
+        yield line
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]eval"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[acc]}"),
+        console=view,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(
+            "eval", total=total, completed=len(seen), acc=_running_accuracy(seen) if seen else ""
+        )
+
+        def bar(result: dict[str, Any]) -> None:
+            seen.append(result)
+            progress.update(task, advance=1, acc=_running_accuracy(seen))
+
+        yield bar
+
+
+def _family_note(backend: Any, problems: list, card: dict[str, Any]) -> str | None:
+    """A note when the bundled model gets prompts outside its task family (a prompt template
+    around a chain problem is enough): it answers them with nonsense, and a score of 0%
+    would otherwise look like a finding about DeepConf."""
+    from deepconf.eval import task_chain
+
+    if card.get("task") != task_chain.TASK_ID or not problems:
+        return None
+    outside = [p for p in problems if not task_chain.in_family(p.prompt)]
+    if not outside:
+        return None
+    return (
+        f"{len(outside)} of {len(problems)} prompts are outside the bundled model's task family"
+        f" (chains of additions and subtractions), e.g. {outside[0].prompt[:80]!r}: its"
+        " answers to them mean nothing. Drop --prompt-template for the built-in chain task,"
+        " or point --base-url at a real model"
+    )
 
 
 def eval_command(
@@ -213,6 +295,8 @@ def eval_command(
     token_budget: TokenBudget = None,
     warmup: Warmup = None,
     window: Window = None,
+    tail: Tail = None,
+    bottom_fraction: BottomFraction = None,
     tau: Tau = None,
     top_logprobs: TopLogprobs = None,
     concurrency: Concurrency = None,
@@ -226,7 +310,7 @@ def eval_command(
     from deepconf.eval.datasets import load_dataset, template_from_cli
     from deepconf.eval.runner import check_manifest, manifest_of, parse_methods, scores_of
 
-    console = Console(stderr=True)
+    err = console(stderr=True)
     try:
         if prompt_template is not None:
             prompt_template = template_from_cli(prompt_template)
@@ -248,12 +332,15 @@ def eval_command(
             probe=not no_probe,
             max_event_mb=max_event_mb,
         )
-        config = config_from_flags(
-            defaults=backend_defaults(backend),
+        card, source = model_card_of(backend, base_url, model, api_key, timeout)
+        config, from_card = config_and_card(
+            card,
             budget=budget,
             token_budget=token_budget,
             warmup=warmup,
             window=window,
+            tail=tail,
+            bottom_fraction=bottom_fraction,
             tau=tau,
             top_logprobs=top_logprobs,
             concurrency=concurrency,
@@ -263,15 +350,25 @@ def eval_command(
             seed=seed,
             system=system,
         )
+        if said := card_note(from_card, source):
+            note(said)
+        if outside := _family_note(backend, problems, card):
+            note(outside)
         check_manifest(output, manifest_of(dataset, prompt_template, chosen, config))
         results = asyncio.run(
-            _eval_main(backend, problems, config, chosen, output, max_traces, parallel, console)
+            _eval_main(backend, problems, config, chosen, output, max_traces, parallel, err)
         )
         title = f"{dataset}: {len(results)} problems, budget {config.budget}"
-        write_report(output, scores_of(results), title, Console())
+        write_report(output, scores_of(results), title, console(), disagreements_of(results))
     except DeepConfError as exc:
         raise fail(str(exc)) from None
-    console.print(f"results: {output / 'results.jsonl'}; traces: {output / 'traces'}")
+    except KeyboardInterrupt:
+        raise fail(
+            f"interrupted: the problems that finished are saved in {output / 'results.jsonl'};"
+            " rerun the same command to resume",
+            code=130,
+        ) from None
+    err.print(f"results: {output / 'results.jsonl'}; traces: {output / 'traces'}")
 
 
 # --- replay ----------------------------------------------------------------------------------
@@ -312,6 +409,14 @@ def replay_command(
             " folder or a dataset spec (default: the eval folder given).",
         ),
     ] = None,
+    gold: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gold",
+            help="A gold answer given inline: ID=ANSWER (repeat for several), or ANSWER alone"
+            " when the traces hold one problem (e.g. a `solve --save-traces` file).",
+        ),
+    ] = None,
     eta: Annotated[
         str, typer.Option("--eta", help="Keep percents to sweep (10: low, 90: high).")
     ] = "10,90",
@@ -342,18 +447,22 @@ def replay_command(
     from deepconf.eval.runner import parse_methods
     from deepconf.voting import OFFLINE_METHODS
 
-    console = Console()
+    out = console()
     try:
         files, eval_dir = _trace_files(traces)
-        source = answers or (str(eval_dir) if eval_dir else None)
-        if source is None:
-            raise ConfigError("no gold answers: pass --answers (an eval folder or dataset spec)")
-        golds = load_answers(source)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pools = load_pools(files)
         for w in caught:
             note(str(w.message))
+        source = answers or (str(eval_dir) if eval_dir else None)
+        if source is None and not gold:
+            raise ConfigError(
+                "no gold answers: pass --gold ANSWER (or ID=ANSWER), or --answers (an eval"
+                " folder or dataset spec)"
+            )
+        golds = load_answers(source) if source is not None else {}
+        golds.update(_inline_golds(gold or [], list(pools)))
         offline = [m for m in parse_methods(methods) if m in OFFLINE_METHODS]
         smallest = min(len(p) for p in pools.values())
         b = budget if budget is not None else smallest
@@ -363,6 +472,13 @@ def replay_command(
                 " those problems use their whole pool"
             )
         warmups = [int(w) for w in _floats(warmup, "--warmup")]
+        too_big = [w for w in warmups if not 1 <= w <= b]
+        if too_big:
+            raise ConfigError(
+                f"--warmup {too_big[0]} does not fit the trace budget {b} (warm-up traces count"
+                f" in it; {'--budget' if budget is not None else 'the smallest pool'} gives"
+                f" {b}): use a warm-up from 1 to {b}"
+            )
         grid = online_grid(_floats(eta, "--eta"), _floats(tau, "--tau"), warmups, b, token_budget)
         scores = replay_scores(
             pools,
@@ -376,13 +492,30 @@ def replay_command(
         )
         title = f"replay: {len(pools)} problems, budget {b}, {repeats} orders each"
         if output is None:
-            console.print(rich_table(summarise(scores), title=title))
+            out.print(rich_table(summarise(scores), title=title))
         else:
-            write_report(output, scores, title, console)
+            write_report(output, scores, title, out)
             with (output / "scores.jsonl").open("w", encoding="utf-8") as f:
                 f.writelines(json.dumps(s.to_dict()) + "\n" for s in scores)
     except DeepConfError as exc:
         raise fail(str(exc)) from None
+
+
+def _inline_golds(given: list[str], problem_ids: list[str]) -> dict[str, str]:
+    """--gold values: ID=ANSWER each, or one bare ANSWER for traces of a single problem."""
+    golds: dict[str, str] = {}
+    for item in given:
+        pid, sep, answer = item.rpartition("=")
+        if sep and pid:
+            golds[pid] = answer
+        elif len(problem_ids) == 1:
+            golds[problem_ids[0]] = item
+        else:
+            raise ConfigError(
+                f"--gold {item!r} names no problem, and the traces hold {len(problem_ids)}:"
+                f" give ID=ANSWER (ids: {', '.join(problem_ids[:5])})"
+            )
+    return golds
 
 
 # --- plot ------------------------------------------------------------------------------------

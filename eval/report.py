@@ -3,7 +3,9 @@
 The eval runner and the replay simulator both turn their outcomes into `Score`s (one per
 method and problem; `correct` and `tokens` may be expectations over resampled runs), and
 this module aggregates them into the paper's Table 10 layout, plus the list of answers that
-could not be parsed for grading. Rendering only: nothing here runs or grades.
+could not be parsed for grading. Beside it, for an eval's live runs: how often each DeepConf
+method disagreed with plain majority over the same traces, and who was right then (the
+safety net users check confidence against). Rendering only: nothing here runs or grades.
 
     rows = summarise(scores)
     console.print(rich_table(rows, title="chain s6d2, 100 problems"))
@@ -154,4 +156,100 @@ def unparsed_markdown(scores: Iterable[Score]) -> str:
         f"- {s.problem_id} [{s.method}]: {s.answer!r} -> {'right' if s.correct else 'wrong'}"
         for s in items
     ]
+    return "\n".join(lines) + "\n"
+
+
+# --- DeepConf against plain majority over the same traces --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    """One method's answers against plain majority's over the same traces, over problems.
+
+    majority_right / method_right count only the runs where the two answers differed."""
+
+    method: str
+    runs: int
+    disagreed: int
+    method_right: int
+    majority_right: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def method_majority_answers(results: Iterable[dict[str, Any]]) -> Iterable[tuple[str, Any, Any]]:
+    """(method, its answer, majority's answer over the same traces) per run in results lines:
+    each live online run (deepconf-low/-high against the majority of the traces it ran to
+    the end), and each offline method of the offline run (against majority@N)."""
+    for line in results:
+        for run, summary in (line.get("runs") or {}).items():
+            methods = summary.get("methods") or {}
+            if run == "offline":
+                for method, answer in methods.items():
+                    if method != "majority":
+                        yield method, answer, methods.get("majority")
+            else:
+                label = "deepconf-" + run.removeprefix("online-")
+                yield label, summary.get("answer"), methods.get("majority")
+
+
+def summarise_disagreements(
+    graded: Iterable[tuple[str, bool, bool, bool]],
+) -> list[Disagreement]:
+    """Rows from (method, disagreed, method right, majority right) per run, first-seen order."""
+    rows: dict[str, list[int]] = {}
+    for method, disagreed, method_right, majority_right in graded:
+        r = rows.setdefault(method, [0, 0, 0, 0])
+        r[0] += 1
+        if disagreed:
+            r[1] += 1
+            r[2] += int(method_right)
+            r[3] += int(majority_right)
+    return [Disagreement(m, *counts) for m, counts in rows.items()]
+
+
+DISAGREEMENT_HEADERS = (
+    "method",
+    "runs",
+    "disagreed with majority",
+    "method right",
+    "majority right",
+)
+
+
+def _disagreement_cells(d: Disagreement) -> list[str]:
+    share = f" ({d.disagreed / d.runs:.0%})" if d.runs else ""
+    return [
+        d.method,
+        str(d.runs),
+        f"{d.disagreed}{share}",
+        str(d.method_right),
+        str(d.majority_right),
+    ]
+
+
+def disagreement_table(rows: Sequence[Disagreement]) -> Table:
+    table = Table(
+        title="against plain majority over the same traces (right: when they disagreed)",
+        show_edge=False,
+    )
+    for i, h in enumerate(DISAGREEMENT_HEADERS):
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for d in rows:
+        table.add_row(*_disagreement_cells(d))
+    return table
+
+
+def disagreement_markdown(rows: Sequence[Disagreement]) -> str:
+    if not rows:
+        return ""
+    lines = [
+        "\n## Against plain majority over the same traces\n",
+        "Runs where the method's answer differed from plain majority's over the same traces,"
+        " and how often each was right in those runs.\n",
+        "| " + " | ".join(DISAGREEMENT_HEADERS) + " |",
+        "|" + "---|" * len(DISAGREEMENT_HEADERS),
+    ]
+    lines += ["| " + " | ".join(_disagreement_cells(d)) + " |" for d in rows]
     return "\n".join(lines) + "\n"

@@ -59,8 +59,12 @@ _MAX_DRAWS = 10_000
 
 _EXPR = re.compile(r"\d+(?:[+-]\d+)+")
 _BOXED = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
+# Words a user may pose a problem with ("Compute 37+58-19."); the chat template strips the
+# same ones (eval/chain_tokenizer.py), so both doors read a prompt alike.
+PROMPT_LEADS = ("Problem:", "Compute", "Calculate", "Evaluate", "What is")
+_LEAD = "|".join(re.escape(w) for lead in PROMPT_LEADS for w in (lead, lead.lower()))
 _PROMPT = re.compile(
-    r"^\s*(?:Problem:\s*)?(?:Compute\s+)?(?P<expr>\d+(?:\s*[+-]\s*\d+)+)\s*[.=?]?\s*"
+    rf"^\s*(?:{_LEAD})?\s*(?P<expr>\d+(?:\s*[+-]\s*\d+)+)\s*[.=?]?\s*"
     r"(?:\n\s*Solution:\s*)?$"
 )
 
@@ -220,8 +224,10 @@ def parse_prompt(prompt: str) -> Problem | None:
     """The problem a user prompt poses, or None when it is not of this family.
 
     Accepts the bare expression ('37+58-19'), the training prompt ('Problem: ...\\nSolution: ')
-    and 'Compute 37+58-19.'; operands of at most MAX_DIGITS digits, 1..MAX_STEPS operations,
-    and no negative running result (the model never saw one).
+    and the expression after one of PROMPT_LEADS ('Compute 37+58-19.', 'What is 37 + 58?');
+    operands of at most MAX_DIGITS digits, all of one width (training drew every operand of
+    a chain with the same number of digits: "12+7-3" gets 5 from every trace), 1..MAX_STEPS
+    operations, and no negative running result (the model never saw one).
     """
     m = _PROMPT.match(prompt)
     if m is None:
@@ -232,6 +238,8 @@ def parse_prompt(prompt: str) -> Problem | None:
     if not 1 <= len(ops) <= MAX_STEPS:
         return None
     if any(len(x) > MAX_DIGITS or (len(x) > 1 and x[0] == "0") for x in numbers):
+        return None
+    if len({len(x) for x in numbers}) > 1:
         return None
     p = Problem(tuple(int(x) for x in numbers), ops)
     if min(p.running) < 0:

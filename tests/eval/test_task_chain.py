@@ -145,12 +145,15 @@ def test_prompt_text_matches_the_training_format():
         "Problem: 37+58-19+64\nSolution: ",
         "Problem: 37+58-19+64",
         "Compute 37 + 58 - 19 + 64.",
+        "What is 37+58-19+64?",
+        "calculate 37+58-19+64=",
         "5+3",
-        "999-998+1",
+        "999-998+100",
     ],
 )
 def test_in_family_accepts_chain_prompts(prompt):
-    """Bare expressions, the training prompt and 'Compute ...' forms are in the family."""
+    """Bare expressions, the training prompt and the PROMPT_LEADS forms ('Compute ...',
+    'What is ...?') are in the family."""
     assert in_family(prompt)
 
 
@@ -164,11 +167,14 @@ def test_in_family_accepts_chain_prompts(prompt):
         "+".join(["12"] * (MAX_STEPS + 2)),  # more steps than trained
         "10-20+30",  # negative running result
         "07+5",  # leading zero: never generated
+        "12+7-3",  # mixed widths: training never mixed them (every trace answers 5)
+        "999-998+1",
         "Problem: 37+58\nSolution: 37+58=95.",  # already answered: not a prompt
     ],
 )
 def test_in_family_rejects_other_prompts(prompt):
-    """Prose, other operators, bigger numbers, longer chains and negatives are outside."""
+    """Prose, other operators, bigger numbers, mixed widths, longer chains and negatives are
+    outside."""
     assert not in_family(prompt)
 
 
