@@ -46,8 +46,11 @@ from deepconf.config import SamplingConfig
 K = 20
 
 
-def vllm_chat_stream(n_tokens: int, per_chunk: int, k: int = K, seed: int = 0) -> bytes:
-    """A vLLM /v1/chat/completions stream: role chunk, token chunks, usage, [DONE]."""
+def vllm_chat_stream(
+    n_tokens: int, per_chunk: int, k: int = K, seed: int = 0, answer: str = ""
+) -> bytes:
+    """A vLLM /v1/chat/completions stream: role chunk, token chunks, usage, [DONE]; `answer`
+    is appended to the last chunk's text (a final answer to vote on)."""
     rng = random.Random(seed)
 
     def entry(tok: str, lp: float) -> dict[str, object]:
@@ -81,7 +84,7 @@ def vllm_chat_stream(n_tokens: int, per_chunk: int, k: int = K, seed: int = 0) -
         last = start + per_chunk >= n_tokens
         choice = {
             "index": 0,
-            "delta": {"content": "".join(c["token"] for c in content)},
+            "delta": {"content": "".join(c["token"] for c in content) + (answer if last else "")},
             "logprobs": {"content": content},
             "finish_reason": "length" if last else None,
         }
