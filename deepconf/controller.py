@@ -509,7 +509,7 @@ _ADVICE: list[tuple[type[BackendError], str]] = [
     (CapabilityError, "Fix the server's logprobs as the error says, then retry."),
     (
         RateLimitedError,
-        "The server kept rate limiting: lower --concurrency or set --requests-per-second.",
+        "The server kept rate limiting: lower --concurrency or set --rps.",
     ),
     (ConnectError, "The server is unreachable: start it or fix --base-url, then retry."),
     (ServerError, "The server keeps failing (HTTP 5xx): its log says why."),
