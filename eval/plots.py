@@ -115,31 +115,43 @@ def plot_confidence_histograms(
     return _save(fig, out)
 
 
-def plot_accuracy_tokens(
-    rows: Sequence[MethodSummary], out: Path, *, title: str | None = None
-) -> Path:
-    """One labelled point per method: total tokens (x, log scale) against accuracy (y)."""
-    if not rows:
-        raise ConfigError("no method results to plot")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    # Offline methods share one run's tokens and often its accuracy: one label per point.
+def accuracy_points(rows: Sequence[MethodSummary]) -> list[tuple[float, float, list[str]]]:
+    """(tokens, accuracy %, methods) per distinct point, in first-seen order: offline methods
+    share one run's tokens and often its accuracy, so one point may stand for several."""
     points: dict[tuple[float, float], list[str]] = {}
     for r in rows:
         x, y = max(r.tokens, 1.0), 100 * r.accuracy
         points.setdefault((round(x, 6), round(y, 6)), []).append(r.method)
-        online = r.method.startswith("deepconf")
-        marker = "*" if online else ("s" if r.method.startswith("majority") else "o")
-        ax.scatter([x], [y], marker=marker, s=70 if online else 35)
-    for (x, y), names in points.items():
-        lines = [", ".join(names[i : i + 3]) for i in range(0, len(names), 3)]
-        ax.annotate("\n".join(lines), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    return [(x, y, names) for (x, y), names in points.items()]
+
+
+def plot_accuracy_tokens(
+    rows: Sequence[MethodSummary], out: Path, *, title: str | None = None
+) -> Path:
+    """One point per method: total tokens (x, log scale) against accuracy (y).
+
+    Methods are named in a legend beside the axes, one entry per point, not in labels next
+    to the points: replays put a dozen settings within a point of accuracy and a few
+    percent of tokens, and labels there overlap into an unreadable smear."""
+    if not rows:
+        raise ConfigError("no method results to plot")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for x, y, names in accuracy_points(rows):
+        online = names[0].startswith("deepconf")
+        marker = "*" if online else ("s" if names[0].startswith("majority") else "o")
+        # "; " between methods: names of replayed settings hold commas themselves.
+        label = (
+            "; ".join(names) if len(names) <= 4 else f"{'; '.join(names[:4])}; +{len(names) - 4}"
+        )
+        ax.scatter([x], [y], marker=marker, s=90 if online else 40, label=label, alpha=0.85)
     ax.set_xscale("log")
-    ax.margins(x=0.3, y=0.12)  # room for the labels right of the points
+    ax.margins(x=0.1, y=0.1)
     ax.set_xlabel("tokens (all problems)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "Accuracy against tokens per method")
     ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
     return _save(fig, out)
 
 

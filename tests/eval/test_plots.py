@@ -72,6 +72,33 @@ def test_each_figure_is_a_valid_png(tmp_path: Path) -> None:
         plot_confidence_histograms([], [], tmp_path / "d.png")
 
 
+def test_accuracy_plot_names_methods_in_a_legend_beside_the_axes(tmp_path: Path, monkeypatch):
+    """A replay's dozen settings crowd one corner (the README figure had labels printed over
+    each other there): no label is drawn inside the axes; the legend, right of the axes, names
+    every method once, points that coincide sharing one entry."""
+    import deepconf.eval.plots as plots
+
+    shown = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out: shown.setdefault("fig", fig) and out)
+    rows = [MethodSummary("majority@64", 0.74, 437_100, 100, 0.0, 0, 0)]
+    rows += [MethodSummary(m, 0.74, 437_100, 100, 0.0, 0, 0) for m in ("lowest@10", "tail@90")]
+    settings = [(0.9, 16), (0.95, 16), (0.9, 8), (0.95, 8)]
+    for i, (tau, w) in enumerate(settings):
+        name = f"deepconf-high (tau={tau}, W={w})"
+        rows.append(MethodSummary(name, 0.73 + 0.001 * i, 270_000 + 9_000 * i, 100, 0.38, 0, 0))
+    plot_accuracy_tokens(rows, tmp_path / "c.png")
+    fig = shown["fig"]
+    ax = fig.axes[0]
+    assert len(ax.texts) == 0
+    legend = ax.get_legend()
+    names = [t.get_text() for t in legend.get_texts()]
+    assert names[0] == "majority@64; lowest@10; tail@90"
+    assert sorted(n for entry in names for n in entry.split("; ")) == sorted(r.method for r in rows)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+
+
 def test_missing_matplotlib_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
     """Without matplotlib, plotting fails with the install command, not a traceback."""
     real_import = builtins.__import__
