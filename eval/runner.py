@@ -137,15 +137,27 @@ def check_manifest(output: Path, manifest: dict[str, Any]) -> None:
     path = output / "run.json"
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
-        diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+        diff = _differences(old, manifest)
         if diff:
+            shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:4])
             raise ConfigError(
-                f"{output} holds a run with other settings ({', '.join(diff)} differ): use a"
-                " new --output folder, or rerun with the same settings to resume"
+                f"{output} holds a run with other settings ({shown}): use a new --output"
+                " folder, or rerun with the same settings to resume"
             )
         return
     output.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted setting, old value, new value) for each leaf that differs, e.g.
+    ("config.sampling.temperature", 0.6, 1.0): the setting to name, not its section."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+        return out
+    return [] if old == new else [(where, old, new)]
 
 
 def manifest_of(dataset: str, template: str | None, methods: Sequence[str], config: Any) -> dict:

@@ -110,11 +110,15 @@ async def test_resume_skips_finished_and_drops_a_cut_off_line(tmp_path: Path) ->
 
 
 def test_manifest_refuses_a_resume_with_other_settings(tmp_path: Path) -> None:
-    """Rerunning into a folder with other methods is refused; other concurrency is not."""
+    """Rerunning into a folder with other methods or settings is refused, naming each
+    setting that differs by its full name with both values (not "config differ")."""
     check_manifest(tmp_path, {"methods": ["majority"], "config": {"budget": 8}})
     check_manifest(tmp_path, {"methods": ["majority"], "config": {"budget": 8}})
-    with pytest.raises(ConfigError, match="methods differ"):
+    with pytest.raises(ConfigError, match=r"methods: \['majority'\] there, \['pass@1'\] now"):
         check_manifest(tmp_path, {"methods": ["pass@1"], "config": {"budget": 8}})
+    with pytest.raises(ConfigError, match=r"config\.budget: 8 there, 16 now") as info:
+        check_manifest(tmp_path, {"methods": ["majority"], "config": {"budget": 16}})
+    assert "differ" not in str(info.value)
 
 
 async def test_online_warmup_over_budget_is_refused(tmp_path: Path) -> None:
