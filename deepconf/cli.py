@@ -232,7 +232,7 @@ def solve(
         typer.Option(
             "--problem-id",
             help="The id saved traces carry (replay keys gold answers by it)."
-            " [default: prompt-<hash of the problem>]",
+            " \\[default: prompt-<hash of the problem>]",
         ),
     ] = None,
     as_json: Annotated[

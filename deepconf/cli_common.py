@@ -102,6 +102,7 @@ NoProbe = Annotated[
     typer.Option(
         "--no-probe",
         help="Skip the capability probe; the first traces check the server's logprobs instead.",
+        metavar="",  # a flag: typer would print <bool>, as if it took a value
     ),
 ]
 MaxEventMb = Annotated[
@@ -117,7 +118,7 @@ Mode = Annotated[
     typer.Option(
         "--mode",
         help="online (Algorithm 2: warm-up, threshold, pruning, consensus stop) or offline"
-        " (N traces, then filtered votes). [default: online]",
+        " (N traces, then filtered votes). \\[default: online]",
     ),
 ]
 Variant = Annotated[
@@ -125,18 +126,18 @@ Variant = Annotated[
     typer.Option(
         "--variant",
         help="low keeps the top 10% of warm-up traces (aggressive), high the top 90% (safe)."
-        " [default: low]",
+        " \\[default: low]",
     ),
 ]
 Budget = Annotated[
     int | None,
-    typer.Option("--budget", help="Trace budget, warm-up included. [default: 64]"),
+    typer.Option("--budget", help="Trace budget, warm-up included. \\[default: 64]"),
 ]
 TokenBudget = Annotated[
     int | None,
     typer.Option(
         "--token-budget",
-        help="Stop once this many tokens are generated in all. [default: none]",
+        help="Stop once this many tokens are generated in all. \\[default: none]",
     ),
 ]
 Warmup = Annotated[
@@ -144,14 +145,14 @@ Warmup = Annotated[
     typer.Option(
         "--warmup",
         help="Warm-up traces, run to completion to set the threshold."
-        " [default: 16, or --budget when smaller]",
+        " \\[default: 16, or --budget when smaller]",
     ),
 ]
 Window = Annotated[
     int | None,
     typer.Option(
         "--window",
-        help="Group window in tokens. [default: the model card's (bundled model: 16), else 2048]",
+        help="Group window in tokens. \\[default: the model card's (bundled model: 16), else 2048]",
     ),
 ]
 Tail = Annotated[
@@ -159,29 +160,29 @@ Tail = Annotated[
     typer.Option(
         "--tail",
         help="Tokens of the tail-confidence metric (tail, tail@10, ...)."
-        " [default: the model card's (bundled model: 16), else 2048]",
+        " \\[default: the model card's (bundled model: 16), else 2048]",
     ),
 ]
 BottomFraction = Annotated[
     float | None,
     typer.Option(
         "--bottom-fraction",
-        help="Fraction of lowest groups the bottom metric averages. [default: 0.1]",
+        help="Fraction of lowest groups the bottom metric averages. \\[default: 0.1]",
     ),
 ]
 Tau = Annotated[
     float | None,
-    typer.Option("--tau", help="Consensus beta at which generation stops. [default: 0.95]"),
+    typer.Option("--tau", help="Consensus beta at which generation stops. \\[default: 0.95]"),
 ]
 TopLogprobs = Annotated[
     int | None,
-    typer.Option("--top-logprobs", help="k: top logprobs per token. [default: 20]"),
+    typer.Option("--top-logprobs", help="k: top logprobs per token. \\[default: 20]"),
 ]
 Concurrency = Annotated[
     int | None,
     typer.Option(
         "--concurrency",
-        help="Traces in flight (1 reproduces the paper's sequential run). [default: 16]",
+        help="Traces in flight (1 reproduces the paper's sequential run). \\[default: 16]",
     ),
 ]
 OfflineMethod = Annotated[
@@ -189,37 +190,37 @@ OfflineMethod = Annotated[
     typer.Option(
         "--offline-method",
         help="Offline answer: majority, mean, tail, bottom, lowest, or one with @10 / @90."
-        " [default: tail@10]",
+        " \\[default: tail@10]",
     ),
 ]
 Temperature = Annotated[
     float | None,
     typer.Option(
         "--temperature",
-        help="Sampling temperature. [default: the model card's (bundled model: 1.0), else 0.6]",
+        help="Sampling temperature. \\[default: the model card's (bundled model: 1.0), else 0.6]",
     ),
 ]
 TopP = Annotated[
     float | None,
     typer.Option(
         "--top-p",
-        help="Nucleus sampling mass. [default: the model card's (bundled model: 1.0), else 0.95]",
+        help="Nucleus sampling mass. \\[default: the model card's (bundled model: 1.0), else 0.95]",
     ),
 ]
 MaxTokens = Annotated[
     int | None,
     typer.Option(
         "--max-tokens",
-        help="Max tokens per trace. [default: the model card's (bundled model: 160), else 8192]",
+        help="Max tokens per trace. \\[default: the model card's (bundled model: 160), else 8192]",
     ),
 ]
 Seed = Annotated[
     int | None,
-    typer.Option("--seed", help="Base seed; trace i uses seed + i. [default: unseeded]"),
+    typer.Option("--seed", help="Base seed; trace i uses seed + i. \\[default: unseeded]"),
 ]
 System = Annotated[
     str | None,
-    typer.Option("--system", help="System prompt (chat API). [default: none]"),
+    typer.Option("--system", help="System prompt (chat API). \\[default: none]"),
 ]
 
 # Flags that live in a sub-model of DeepConfConfig.

@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     have_torch = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
     if not have_torch:
         print(
-            "note: torch/transformers are not installed (pip install 'deepconf[parity]'); "
-            "the transformers column is skipped"
+            "note: torch/transformers are not installed"
+            " (pip install 'deepconf-orchestrator[parity]'); the transformers column is skipped"
         )
     print(f"model {path}  tokens/sequence {args.tokens}  (decode tokens/s; peak RSS MiB)")
     threads: list[str] = []

@@ -224,7 +224,7 @@ def _parquet(path: Path) -> Iterable[Any]:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise DatasetError(
-            "reading Parquet needs pyarrow: pip install 'deepconf[parquet]'"
+            "reading Parquet needs pyarrow: pip install 'deepconf-orchestrator[parquet]'"
             " (or convert the file to JSONL)"
         ) from exc
     try:

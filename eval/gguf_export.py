@@ -257,7 +257,7 @@ def export_gguf(model_dir: str | Path | None, out: str | Path, *, outtype: str =
         import gguf
     except ImportError as exc:
         raise ConfigError(
-            "GGUF export needs the gguf package: pip install 'deepconf[llama]'"
+            "GGUF export needs the gguf package: pip install 'deepconf-orchestrator[llama]'"
         ) from exc
     if outtype not in ("f32", "f16"):
         raise ConfigError(f"outtype must be f32 or f16, got {outtype!r}")

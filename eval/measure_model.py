@@ -34,7 +34,7 @@ try:
     from transformers import FalconH1ForCausalLM
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ConfigError(
-        "measuring needs torch and transformers: pip install 'deepconf[train]'"
+        "measuring needs torch and transformers: pip install 'deepconf-orchestrator[train]'"
     ) from exc
 
 TOP_K = 20

@@ -5,9 +5,9 @@ accuracy-tokens trade-off.
     confidence_hist.png    a trace metric (default: lowest group) of right vs wrong traces
     accuracy_tokens.png    accuracy against tokens, one point per method
 
-matplotlib is an optional extra (`pip install 'deepconf[plot]'`); it is imported inside the
-functions, on the non-interactive Agg backend, so importing this module costs nothing. The
-functions take records and summaries, not folders; eval.commands finds the files.
+matplotlib is an optional extra (`pip install 'deepconf-orchestrator[plot]'`); it is imported
+inside the functions, on the non-interactive Agg backend, so importing this module costs
+nothing. The functions take records and summaries, not folders; eval.commands finds the files.
 
     plot_trace_confidence(records, window=64, out=Path("figs/trace_confidence.png"))
 """
@@ -33,7 +33,8 @@ def _pyplot() -> Any:
         import matplotlib
     except ImportError as exc:
         raise ConfigError(
-            "plotting needs matplotlib: pip install 'deepconf[plot]' (or pip install matplotlib)"
+            "plotting needs matplotlib: pip install 'deepconf-orchestrator[plot]'"
+            " (or pip install matplotlib)"
         ) from exc
     matplotlib.use("Agg")  # files only; never open a window
     import matplotlib.pyplot as plt

@@ -1,6 +1,6 @@
 """Train the bundled Falcon-H1 model on the chain-arithmetic task (CPU, torch + transformers).
 
-    python -m deepconf.eval.train --out runs/full --steps 3000 --max-minutes 60
+    python -m deepconf.eval.train --out runs/full --steps 4000 --max-minutes 55
 
 It trains transformers' own `FalconH1ForCausalLM` (its pure-PyTorch fallbacks run on the CPU),
 so the exported folder is an exact Hugging Face Falcon-H1 checkpoint: every layer runs
@@ -40,7 +40,7 @@ try:
     from transformers import FalconH1Config, FalconH1ForCausalLM
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ConfigError(
-        "training needs torch and transformers: pip install 'deepconf[train]'"
+        "training needs torch and transformers: pip install 'deepconf-orchestrator[train]'"
     ) from exc
 
 # digits 1: short chains only; digits 2 and 3: the range the default difficulty is picked from.
@@ -56,8 +56,9 @@ VALIDATION_DIFFICULTIES = "s3d2,s6d2,s4d3"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m deepconf.eval.train", description=__doc__)
     p.add_argument("--out", type=Path, required=True, help="run folder (model goes in out/model)")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (sets the schedule)")
-    p.add_argument("--max-minutes", type=float, default=60.0, help="stop early after this long")
+    # The shipped model's run (backends/bundled_model/training.json records the command).
+    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (sets the schedule)")
+    p.add_argument("--max-minutes", type=float, default=55.0, help="stop early after this long")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
