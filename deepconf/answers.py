@@ -24,7 +24,6 @@ import functools
 import logging
 import re
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,8 +218,8 @@ def _choice_in_text(text: str, choices: str) -> str | None:
 # Symbolic comparison only for answers this short: math-verify's cost grows with the input.
 # Longer answers are compared as normalised strings.
 MAX_SYMBOLIC_CHARS = 200
-# math-verify's time per new answer (its parse and its comparisons with every class so far),
-# and per AnswerKeys in all (one solve's vote). A typical answer takes ~2 ms; a few short
+# math-verify's CPU time per new answer (its parse and its comparisons with every class so
+# far), and per AnswerKeys in all (one solve's vote). A typical answer takes ~2 ms; a few short
 # ones take seconds (measured: (x+1)^{99}(x-1)^{99} vs 3, 2.2 s), and a vote over many
 # distinct answers costs classes x answers comparisons. Past either, answers compare as
 # normalised strings, so a vote never holds the thread longer than the budget.
@@ -334,15 +333,16 @@ class AnswerKeys:
     def _symbolic(self, norm: str) -> tuple[list[Any] | None, str | None]:
         """(norm's parse, the key of the first class it equals), within the time left;
         (None, None) when out of time, so it compares as a string from then on."""
+        _warm_up()
         limit = min(ANSWER_SECONDS, self._symbolic_left)
-        started = time.monotonic()
         try:
-            return run_within(limit, self._first_equal, norm)
+            found, spent = run_within(limit, self._first_equal, norm)
         except TimeoutError:
             self.symbolic_timeouts += 1
+            self._symbolic_left -= limit
             return None, None
-        finally:
-            self._symbolic_left -= time.monotonic() - started
+        self._symbolic_left -= spent
+        return found
 
     def _first_equal(self, norm: str) -> tuple[list[Any] | None, str | None]:
         parsed = _parse(norm)
@@ -351,6 +351,14 @@ class AnswerKeys:
                 if cls.parsed is not None and _verify(cls.parsed, parsed):
                     return parsed, cls.key
         return parsed, None
+
+
+@functools.cache
+def _warm_up() -> None:
+    """math-verify builds its parsers on first use (measured: 0.18 s, more on a busy
+    machine): done once per process, outside any answer's deadline, so the first answer is
+    judged like every other."""
+    _parse("1")
 
 
 def _parse(norm: str) -> list[Any] | None:

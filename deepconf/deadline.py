@@ -1,133 +1,160 @@
-"""Bounded CPU work on any thread: `run_within(seconds, fn, *args)` runs `fn` in the calling
-thread and interrupts it at the deadline with TimeoutError.
+"""Bounded CPU work for synchronous callers: `run_within(seconds, fn, *args)` runs `fn` on a
+worker thread and waits until it returns or has used `seconds` of CPU time (TimeoutError).
 
 It exists for math-verify (sympy), whose cost on a short answer can reach seconds (measured
-here: verifying ``(x+1)^{99}(x-1)^{99}`` against ``3`` took 2.2 s) and whose callers sit on the
-event loop (the controller's vote, `deepconf serve`'s answer). Why not math-verify's own
-timeout: it uses signal.alarm, which works on the main thread only, and the loop may run
-anywhere (the tests run servers in threads). Why not a worker thread or process: the callers
-are synchronous, and parsed answers live in this process.
+here: verifying ``(x+1)^{99}(x-1)^{99}`` against ``3`` took 2.2 s) and whose callers sit on
+the event loop (the controller's vote, `deepconf serve`'s answer), synchronously. Why not
+math-verify's own timeout: it uses signal.alarm, which works on the main thread only, and the
+loop may run anywhere (the tests run servers in threads). Why not interrupt the caller's own
+thread (PyThreadState_SetAsyncExc, tried first): the exception lands at any bytecode, and one
+that lands just after a library took a lock (logging, importlib) leaves it held for ever; a
+test run deadlocked that way.
 
-How: one watchdog thread keeps the armed deadlines; at a deadline it raises `_Overrun` in the
-late thread (CPython's PyThreadState_SetAsyncExc). The exception arrives between two
-bytecodes, so pure-Python work stops within milliseconds; one long C call (a huge integer
-power) runs to its end first, which is why deepconf.answers still refuses such inputs before
-parsing. `_Overrun` derives from BaseException so that an `except Exception` inside the
-library does not swallow it, and it is sent again every REFIRE seconds until the call returns.
-What it does not do: bound memory, or interrupt I/O. Do not nest calls in one thread.
+So the work moves to a worker and the caller only waits (the GIL is free meanwhile, so the
+worker runs at full speed). Time is the worker's own CPU clock (Linux: pthread_getcpuclockid;
+elsewhere the wall clock), so a machine busy with other work does not cut a call short: an
+answer compares the same way under load. A call past its time is abandoned: its worker runs
+on alone (Python cannot stop a thread) and is never reused; while MAX_ABANDONED such workers
+are still running, calls fail at once instead of adding more. Costs ~50 us per call.
 
     try:
-        parsed = run_within(0.2, parse, text)
+        parsed, cpu_seconds = run_within(0.25, parse, text)
     except TimeoutError:
         parsed = None
 """
 
 from __future__ import annotations
 
-import ctypes
-import heapq
-import itertools
+import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-REFIRE = 0.05  # seconds between two interruptions of a call that swallowed the first
+MAX_ABANDONED = 2  # workers still running calls nobody waits for
+MAX_IDLE = 4  # finished workers kept for the next calls
+POLL = 0.01  # seconds between two looks at a running call's CPU time
 
 
-class _Overrun(BaseException):
-    """Raised inside a call that ran past its deadline; never leaves run_within."""
-
-
-def run_within(seconds: float, fn: Callable[..., T], *args: object) -> T:
-    """fn(*args), or TimeoutError once it has run `seconds` (wall clock)."""
-    if not seconds > 0:  # an arm already due could fire before the try below is entered
+def run_within(seconds: float, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """(fn(*args), the CPU seconds it used), or TimeoutError once it has used `seconds`
+    (or at once while too many earlier calls run on abandoned). fn's exceptions pass through."""
+    if not seconds > 0:
         raise TimeoutError("no time left")
-    arm = _WATCHDOG.arm(seconds)
-    try:
+    worker = _POOL.take()
+    call = _Call(fn, args)
+    worker.inbox.put(call)
+    while not call.finished.wait(min(POLL, seconds)):
+        if call.cpu_used() >= seconds:
+            _POOL.abandon(worker)
+            raise TimeoutError(f"stopped waiting after {seconds:g} s of CPU time")
+    _POOL.give_back(worker)
+    if call.error is not None:
+        raise call.error
+    return call.result, call.cpu_seconds
+
+
+class _Call:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn, self.args = fn, args
+        self.finished = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.clock: int | None = None  # the worker's CPU clock, set when it starts the call
+        self.started = 0.0  # that clock's reading then
+        self.picked = False  # the worker has started it (clock and started are set)
+        self.cpu_seconds = 0.0  # what it used, once finished
+
+    def cpu_used(self) -> float:
+        if not self.picked:
+            return 0.0
         try:
-            result = fn(*args)
+            return _read(self.clock) - self.started
+        except OSError:  # the worker is gone
+            return 0.0
+
+    def run(self) -> None:
+        self.clock = _own_clock()
+        self.started = _read(self.clock)
+        self.picked = True
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as exc:  # handed to the caller, who re-raises it
+            self.error = exc
         finally:
-            fired = _WATCHDOG.disarm(arm)
-    except _Overrun:
-        raise TimeoutError(f"stopped after {seconds:g} s") from None
-    if fired:  # interrupted, but something inside caught it: the result is not to be trusted
-        raise TimeoutError(f"stopped after {seconds:g} s")
-    return result
+            self.cpu_seconds = self.cpu_used()
+            self.finished.set()
 
 
-def _raise_in(thread_id: int, exc_type: type[BaseException] | None) -> None:
-    # None clears an exception still pending in that thread (ctypes passes None as NULL).
-    obj = ctypes.py_object(exc_type) if exc_type is not None else None
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), obj)
+class _Worker:
+    def __init__(self, pool: _Pool) -> None:
+        self.inbox: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self.retire = False  # end the thread after the current call
+        thread = threading.Thread(target=self._serve, args=(pool,), daemon=True)
+        thread.name = "deepconf-deadline"
+        thread.start()
+
+    def _serve(self, pool: _Pool) -> None:
+        while True:
+            self.inbox.get().run()
+            if self.retire or pool.retired(self):
+                return
 
 
-@dataclass(eq=False)
-class _Arm:
-    thread: int  # threading.get_ident() of the caller
-    deadline: float  # time.monotonic()
-    done: bool = False  # the call returned: never interrupt it again
-    fired: bool = False  # an interruption was sent
-
-
-class _Watchdog:
-    """The armed deadlines, earliest first, and the thread that enforces them.
-
-    Invariant: an interruption is only sent while holding the lock and only to an arm that
-    is not done; `disarm` marks the arm done and clears any pending interruption under that
-    same lock, so none can land after run_within returned."""
+class _Pool:
+    """Idle workers to reuse and abandoned ones still running (counted, not reused)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, _Arm]] = []
-        self._order = itertools.count()  # ties in the heap never compare arms
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._abandoned: set[_Worker] = set()
 
-    def arm(self, seconds: float) -> _Arm:
-        arm = _Arm(threading.get_ident(), time.monotonic() + seconds)
-        with self._cond:
-            heapq.heappush(self._heap, (arm.deadline, next(self._order), arm))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="deepconf-deadline", daemon=True
+    def take(self) -> _Worker:
+        with self._lock:
+            if len(self._abandoned) >= MAX_ABANDONED:
+                raise TimeoutError(
+                    f"{len(self._abandoned)} earlier calls are still running past their time"
                 )
-                self._thread.start()
-            self._cond.notify()
-        return arm
+            if self._idle:
+                return self._idle.pop()
+        return _Worker(self)
 
-    def disarm(self, arm: _Arm) -> bool:
-        """Mark the call finished; True if it was interrupted."""
-        while True:
-            try:
-                with self._cond:
-                    arm.done = True
-                    if arm.fired:
-                        _raise_in(arm.thread, None)
-                return arm.fired
-            except _Overrun:
-                # It landed here, before the clear: go round, which clears and returns.
-                continue
+    def give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append(worker)
+                return
+        worker.retire = True  # one too many idle: let its thread end
+        worker.inbox.put(_Call(_nothing, ()))
 
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                while self._heap and self._heap[0][2].done:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                deadline, _, arm = self._heap[0]
-                now = time.monotonic()
-                if now < deadline:
-                    self._cond.wait(deadline - now)
-                    continue
-                heapq.heappop(self._heap)
-                arm.fired = True
-                _raise_in(arm.thread, _Overrun)
-                heapq.heappush(self._heap, (now + REFIRE, next(self._order), arm))
+    def abandon(self, worker: _Worker) -> None:
+        with self._lock:
+            self._abandoned.add(worker)
+
+    def retired(self, worker: _Worker) -> bool:
+        """Called by a worker after each call: True if its thread should end now."""
+        with self._lock:
+            if worker in self._abandoned:
+                self._abandoned.discard(worker)
+                return True
+        return False
 
 
-_WATCHDOG = _Watchdog()
+def _nothing() -> None:
+    pass
+
+
+def _own_clock() -> int | None:
+    try:
+        return time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):  # no per-thread clocks on this platform
+        return None
+
+
+def _read(clock: int | None) -> float:
+    return time.clock_gettime(clock) if clock is not None else time.monotonic()
+
+
+_POOL = _Pool()

@@ -1,5 +1,6 @@
-"""deepconf.deadline.run_within: CPU work on any thread stops at its deadline, and the
-interruption never lands anywhere but inside the call it was meant for."""
+"""deepconf.deadline.run_within: a synchronous caller waits for CPU work at most its time,
+whatever thread it is on; time is the work's CPU time, not the wall clock; calls left running
+past their time are counted and capped."""
 
 from __future__ import annotations
 
@@ -8,87 +9,92 @@ import time
 
 import pytest
 
-from deepconf.deadline import REFIRE, run_within
+from deepconf import deadline
+from deepconf.deadline import run_within
 
 
-def _spin_forever() -> None:
-    while True:
-        pass
+def _spin_until(release: threading.Event) -> str:
+    """CPU-bound until released (a test must not leave a thread spinning for ever)."""
+    while not release.is_set():
+        sum(range(1000))
+    return "released"
 
 
-def _swallow_everything() -> int:
-    """A library that catches too much: only the repeated interruption gets it out."""
-    caught = 0
-    while True:
-        try:
-            while True:
-                pass
-        except Exception:
-            caught += 1
-        except BaseException:
-            caught += 1
-            if caught >= 3:
-                return caught
+def _wait_until(predicate, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+    return True
 
 
-def test_a_call_that_never_ends_is_stopped() -> None:
-    """An endless pure-Python loop ends with TimeoutError instead of holding the thread."""
-    with pytest.raises(TimeoutError):
-        run_within(0.05, _spin_forever)
+def test_a_call_past_its_cpu_time_is_given_up_on() -> None:
+    """A call that would spin for ever: the caller gets TimeoutError; the abandoned worker is
+    counted until its call ends, then forgotten."""
+    assert _wait_until(lambda: not deadline._POOL._abandoned)  # other tests' calls ended
+    release = threading.Event()
+    try:
+        with pytest.raises(TimeoutError):
+            run_within(0.05, _spin_until, release)
+        assert len(deadline._POOL._abandoned) == 1
+    finally:
+        release.set()
+    assert _wait_until(lambda: not deadline._POOL._abandoned)
 
 
-def test_a_call_that_swallows_the_interruption_is_still_refused() -> None:
-    """A call that catches BaseException and returns a value anyway is not trusted: its
-    result is refused with TimeoutError (it was interrupted, so the value may be half made)."""
-    with pytest.raises(TimeoutError):
-        run_within(0.05, _swallow_everything)
+def test_time_is_cpu_time_not_the_wall_clock() -> None:
+    """A call that waits (sleeps) ten times longer than its limit uses no CPU, so it is not
+    cut short: a busy machine, which stretches wall time the same way, does not change
+    answers either."""
+    value, cpu = run_within(0.02, lambda: time.sleep(0.2) or "slept")
+    assert value == "slept" and cpu < 0.02
 
 
 def test_a_quick_call_returns_its_value_and_errors_pass_through() -> None:
-    """Within the deadline run_within is the call itself: value out, exceptions out."""
-    assert run_within(5.0, sum, [1, 2, 3]) == 6
+    """Within its time run_within is the call itself: value out, exceptions out."""
+    assert run_within(5.0, sum, [1, 2, 3])[0] == 6
     with pytest.raises(ZeroDivisionError):
         run_within(5.0, divmod, 1, 0)
     with pytest.raises(TimeoutError):
         run_within(0.0, sum, [1])  # no time at all: refused before it starts
 
 
-def test_no_interruption_lands_after_the_call_returned() -> None:
-    """Many calls end right at their deadline (some interrupted, some just done); afterwards
-    the thread runs plain code for several re-fire periods and nothing reaches it. A stray
-    interruption would raise here, outside any run_within, and fail the test."""
-    outcomes = {"value": 0, "timeout": 0}
-
-    def near_deadline(n: int) -> int:
-        x = 0
-        for i in range(n):
-            x += i
-        return x
-
-    for n in range(0, 400_000, 2_000):
-        try:
-            run_within(0.002, near_deadline, n)
-            outcomes["value"] += 1
-        except TimeoutError:
-            outcomes["timeout"] += 1
-    busy_until = time.monotonic() + 4 * REFIRE
-    while time.monotonic() < busy_until:  # pure bytecode: where a stray one would land
-        sum(range(100))
-    assert outcomes["value"] + outcomes["timeout"] == 200
+def test_too_many_abandoned_calls_make_new_ones_fail_at_once() -> None:
+    """With MAX_ABANDONED calls still running, the next call fails without starting (no
+    unbounded pile of spinning threads); once they end, calls run again."""
+    assert _wait_until(lambda: not deadline._POOL._abandoned)  # other tests' calls ended
+    release = threading.Event()
+    try:
+        for _ in range(deadline.MAX_ABANDONED):
+            with pytest.raises(TimeoutError):
+                run_within(0.02, _spin_until, release)
+        started: list[int] = []
+        with pytest.raises(TimeoutError, match="still running"):
+            run_within(5.0, started.append, 1)
+        assert started == []
+    finally:
+        release.set()
+    assert _wait_until(lambda: not deadline._POOL._abandoned)
+    assert run_within(5.0, sum, [4, 5])[0] == 9
 
 
-def test_deadlines_are_per_thread() -> None:
-    """Two threads: the one past its deadline is stopped, the other finishes its work."""
+def test_callers_on_different_threads_have_their_own_deadlines() -> None:
+    """Two threads at once: the one whose call runs past its time gets TimeoutError, the
+    other's long but allowed call finishes with its value."""
+    assert _wait_until(lambda: not deadline._POOL._abandoned)  # other tests' calls ended
     results: dict[str, object] = {}
+    release = threading.Event()
 
     def slow() -> None:
         try:
-            run_within(0.05, _spin_forever)
+            run_within(0.05, _spin_until, release)
         except TimeoutError as exc:
             results["slow"] = exc
+        release.set()
 
     def fast() -> None:
-        results["fast"] = run_within(30.0, lambda: sum(range(2_000_000)))
+        results["fast"] = run_within(60.0, lambda: sum(range(2_000_000)))[0]
 
     threads = [threading.Thread(target=slow), threading.Thread(target=fast)]
     for t in threads:
@@ -97,3 +103,4 @@ def test_deadlines_are_per_thread() -> None:
         t.join()
     assert isinstance(results["slow"], TimeoutError)
     assert results["fast"] == sum(range(2_000_000))
+    assert _wait_until(lambda: not deadline._POOL._abandoned)
