@@ -262,3 +262,73 @@ def test_group_window_drift_over_100k_tokens(window: int) -> None:
     sample = np.arange(0, offline.shape[0], 4999)
     exact = np.array([math.fsum(c[i : i + window].tolist()) / window for i in sample])
     assert np.max(np.abs(offline[sample] - exact)) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinned by mutation testing (.ci/mutation): each test below failed on a mutant that every
+# test above let through.
+
+
+def test_float32_logprobs_give_float64_confidences() -> None:
+    """The bundled engine emits float32 top logprobs (backends/engine.py): confidences are
+    computed and returned in float64 on both paths (full rows and NaN-padded rows), so a
+    trace's confidences do not depend on the backend's float width."""
+    rng = np.random.default_rng(0)
+    lp64 = -rng.exponential(3.0, (50, 20))
+    lp64[::7, -1] = np.nan  # a few padded rows: the masked path
+    lp32 = lp64.astype(np.float32)
+    for rows in (lp32[1:7], lp32):  # full rows only, then with padding
+        got = token_confidence(rows)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, token_confidence(rows.astype(np.float64)))
+
+
+def test_zero_width_rows_have_confidence_zero() -> None:
+    """k = 0 (a position with no entries at all, no padding) is 'no evidence': 0.0 per row,
+    never 0/0 = NaN."""
+    got = token_confidence(np.empty((3, 0)))
+    assert got.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_float32_confidences_group_as_float64() -> None:
+    """Group and trace metrics of float32 confidences equal those of the same values in
+    float64: a float32 cumulative sum over 100k tokens (ulp ~0.1 at 1e6) would shift every
+    window mean by ~1e-2, and a float32 mean by ~1e-6."""
+    c32 = np.random.default_rng(1).uniform(0.0, 25.0, 100_000).astype(np.float32)
+    c64 = c32.astype(np.float64)
+    np.testing.assert_allclose(group_confidences(c32, 7), group_confidences(c64, 7), atol=1e-9)
+    assert group_confidences(c32[:5], 7).tolist() == group_confidences(c64[:5], 7).tolist()
+    got, want = trace_metrics(c32, 512, 1000), trace_metrics(c64, 512, 1000)
+    for name in ("mean", "tail", "bottom", "lowest"):
+        assert math.isclose(got.get(name), want.get(name), rel_tol=1e-12), name
+
+
+def test_trace_metrics_defaults_are_the_papers() -> None:
+    """Without arguments trace_metrics uses the paper's settings: window 2048, tail 2048,
+    bottom 10% of groups (a trace of 3,000 distinct confidences tells each one apart)."""
+    c = np.random.default_rng(2).uniform(0.0, 25.0, 3000)
+    assert trace_metrics(c) == trace_metrics(c, window=2048, tail=2048, bottom_fraction=0.1)
+
+
+@pytest.mark.parametrize("n_groups", [1000, 3000])
+def test_bottom_is_the_mean_of_exactly_the_lowest_groups_on_long_traces(n_groups: int) -> None:
+    """bottom averages the int(g * 0.1) lowest groups, whatever their order. numpy sorts
+    short arrays outright, so a partition that pins one element too few only shows on long
+    ones: 40 random traces of 1,000 and 3,000 groups each."""
+    n_bottom = n_groups // 10
+    for seed in range(40):
+        c = np.random.default_rng(seed).uniform(0.0, 40.0, n_groups)
+        m = trace_metrics(c, window=1, tail=1, bottom_fraction=0.1)
+        assert math.isclose(m.bottom, np.sort(c)[:n_bottom].mean(), rel_tol=1e-12), seed
+
+
+def test_group_window_repairs_a_cancelled_running_sum_within_a_window() -> None:
+    """The running sum is recomputed once per window, so an error never outlives a window:
+    one huge value (1e17, where adding 1.0 is lost) leaves the sum 1 short after it leaves
+    the window, and from the next multiple of the window on every group is exact again."""
+    window = 4
+    w = GroupWindow(window)
+    w.push(1e17)
+    groups = [w.push(1.0) for _ in range(30)]
+    # The huge value leaves at count 5; the resum at count 8 repairs the sum.
+    assert groups[2 * window - 1 :] == [1.0] * (30 - (2 * window - 1))

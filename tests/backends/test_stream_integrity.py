@@ -410,3 +410,79 @@ def test_serve_answers_upstream_data_faults_with_502_and_the_reason(script) -> N
 
 def test_give_up_of_unknown_errors_is_a_backend_error() -> None:
     assert isinstance(give_up([BackendError("x")]), BackendError)
+
+
+# --- pinned by mutation testing (.ci/mutation) ---------------------------------------------------
+# Each test below failed on a mutant of backends/stream_audit.py that every test above let through.
+
+
+def test_audit_leaves_k_alone_unless_asked_to_verify_it() -> None:
+    """By default (a probe already confirmed k) the audit does not judge k: positions with
+    fewer entries than asked, however many, pass; only verify_k=True refuses them."""
+    short = decoded(2 * VERIFY_POSITIONS, k=4, finish="stop")
+    short.top_logprobs[:, 3] = np.nan  # 3 of the 4 asked at every position
+    audit = StreamAudit("u", 4)
+    audit.take(short)
+    audit.end(done=True, busy=False)
+    assert (audit.tokens, audit.k_confirmed) == (2 * VERIFY_POSITIONS, False)
+
+
+def test_audit_counts_a_finished_stream_that_reports_no_usage() -> None:
+    """Usage is optional (a server may not send it): a stream with a finish reason and no
+    usage at all counts."""
+    audit = StreamAudit("u", 4)
+    audit.take(decoded(3, finish="length"))
+    audit.end(done=False, busy=True)
+    assert (audit.tokens, audit.finish_reason, audit.usage) == (3, "length", {})
+
+
+def test_audit_messages_name_the_server_the_cause_and_what_to_do() -> None:
+    """Each refusal says which server, what it did (with the token count) and what to do
+    next, word for word: these messages are what a user acts on."""
+    url = "http://gpu-7:8000/v1"
+    unscored = "The answer is probably seven, but let me check again."  # 53 characters
+    cases = [
+        (
+            lambda a: a.take(decoded(2, unscored=unscored)),
+            f"{url} sent text without logprobs after 5 tokens ({unscored[:40]!r}): DeepConf"
+            " cannot score it, so the trace is not counted. Check that the server returns"
+            " logprobs for every token (a reasoning parser may strip them; run deepconf doctor)",
+        ),
+        (
+            lambda a: a.take(decoded(2, empty_rows=1)),
+            f"{url} sent 1 token(s) with no logprob at all (near token 5): DeepConf cannot"
+            " score them, so the trace is not counted",
+        ),
+        (
+            lambda a: a.end(done=True, busy=False),
+            f"the stream from {url} ended with [DONE] but no finish reason after 3 tokens, so"
+            " the trace is not counted: (a server or proxy cut the trace short)",
+        ),
+        (
+            lambda a: a.end(done=True, busy=True),
+            f"the stream from {url} ended with [DONE] but no finish reason after 3 tokens, so"
+            " the trace is not counted: llama-cpp-python's server does this to a request"
+            " whenever another one is waiting (its default interrupt_requests=True): start it"
+            " with --interrupt_requests false, or run deepconf with --concurrency 1",
+        ),
+        (
+            lambda a: a.end(done=False, busy=False),
+            f"the stream from {url} closed after 3 tokens without a finish reason or [DONE]:"
+            " the server or a proxy cut the trace short",
+        ),
+    ]
+    for act, message in cases:
+        audit = StreamAudit(url, 4)
+        audit.take(decoded(3))
+        with pytest.raises(StreamError) as info:
+            act(audit)
+        assert str(info.value) == message
+    audit = StreamAudit(url, 4)
+    audit.take(decoded(3, finish="stop", usage={"completion_tokens": 9}))
+    with pytest.raises(StreamError) as info:
+        audit.end(done=True, busy=False)
+    assert str(info.value) == (
+        f"{url} reports 9 completion tokens but sent logprobs for 3: some tokens arrived"
+        " without logprobs or were lost, so the trace is not counted (run deepconf doctor to"
+        " see what the server sends)"
+    )
