@@ -43,16 +43,20 @@ as OpenAI sends it, in a last chunk with empty `choices`.
 A failure after the stream started is sent as ``data: {"error": {...}}`` (the openai client
 raises it as APIError).
 
-Operation: a bearer key (--api-key) guards every /v1 route (401); bodies over the size
-limit get 413; bad parameters 400 naming the parameter, all in OpenAI's error shape
-({"error": {"message", "type", "param", "code"}}); a budget over --max-budget is a 400
-too. Past `max_concurrent_solves` running solves a request gets 429 with Retry-After. A
-client that disconnects cancels its solve, which closes every upstream stream it opened.
-Each request logs one JSON line on the "deepconf.serve" logger: id, endpoint, status,
-outcome, traces, pruned, tokens, time.
+Operation: a bearer key (--api-key) guards every /v1 route (401); bodies over the size limit
+get 413, bodies slower than 30 s 408, bad JSON or parameters 400 naming the parameter, all
+in OpenAI's error shape ({"error": {"message", "type", "param", "code"}}); a budget over
+--max-budget is a 400 too. The server runs under a ConnectionGuard (deepconf/serve/
+connections.py: a deadline for request heads, a bound on connections). Past
+`max_concurrent_solves` running solves a request gets 429 with Retry-After. A client that
+disconnects cancels its solve, which closes every upstream stream it opened. Each request
+logs one JSON line on the "deepconf.serve" logger: id, endpoint, status, outcome, traces,
+pruned, tokens, time.
 
-    app = create_app(lambda model, api: OpenAIHttpBackend(...), upstreams=[url])
-    uvicorn.run(app, port=8080)
+    guard = ConnectionGuard()
+    factory = lambda model, api, transport: OpenAIHttpBackend(config, transport=transport)
+    app = create_app(factory, upstreams=[url], connections=guard)
+    uvicorn.run(app, port=8080, **guard.uvicorn_options())
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from deepconf.errors import ConfigError
 from deepconf.result import SolveResult
 from deepconf.serve import wire
 from deepconf.serve.body import read_json
+from deepconf.serve.connections import ConnectionGuard
 from deepconf.serve.solve import (
     HttpError,
     Solve,
@@ -110,6 +115,7 @@ class _Server:
         retry_after: int,
     ) -> None:
         self.pool = pool  # the backends, over one connection pool
+        self.guard: ConnectionGuard | None = None  # the client connections' rules, if any
         self.defaults = defaults
         self.upstreams = [u.rstrip("/") for u in upstreams]
         self.upstream_api_key = upstream_api_key
@@ -132,6 +138,7 @@ class _Server:
                 "max_concurrent_solves": self.max_concurrent_solves,
                 "upstreams": self.upstreams,
                 "backends": len(self.pool),
+                **({"connections": self.guard.stats()} if self.guard is not None else {}),
             }
         )
 
@@ -318,6 +325,7 @@ def create_app(
     retry_after: int = 1,
     max_idle_backends: int = DEFAULT_MAX_IDLE,
     max_upstream_connections: int = 1024,
+    connections: ConnectionGuard | None = None,
 ) -> Starlette:
     """The ASGI app.
 
@@ -337,6 +345,8 @@ def create_app(
         retry_after: the Retry-After seconds sent with a 429.
         max_idle_backends: backends kept open for reuse while no request uses them.
         max_upstream_connections: the connection pool's size, over all upstreams.
+        connections: the guard whose uvicorn_options() the server runs with; /health
+            reports its counters.
     """
     if max_concurrent_solves < 1:
         raise ConfigError("--max-concurrent-solves must be at least 1")
@@ -373,5 +383,6 @@ def create_app(
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
+    server.guard = connections
     app.state.server = server
     return app

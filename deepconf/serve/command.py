@@ -94,6 +94,19 @@ def serve_command(
     max_body_bytes: Annotated[
         int, typer.Option("--max-body-bytes", help="Largest request body accepted.")
     ] = 8 * 1024 * 1024,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            help="Client connections open at once; past it the one waiting longest for its"
+            " request head is closed (default: half of `ulimit -n`).",
+            show_default=False,
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        float,
+        typer.Option("--header-timeout", help="Seconds a connection has to send its request head."),
+    ] = 5.0,
     rps: RequestsPerSecond = None,
     timeout: Timeout = 600.0,
     trace_timeout: TraceTimeout = None,
@@ -117,10 +130,10 @@ def serve_command(
 ) -> None:
     """Serve DeepConf over an OpenAI-compatible API in front of UPSTREAM servers."""
     import httpx
-    import uvicorn
 
     from deepconf.backends.openai_http import OpenAIHttpBackend
     from deepconf.serve.app import create_app
+    from deepconf.serve.connections import ConnectionGuard, run_server, upstream_connections
 
     try:
         defaults = config_from_flags(
@@ -159,6 +172,10 @@ def serve_command(
             assert isinstance(flags, OpenAIHttpBackend), "--upstream always gives HTTP backends"
             return OpenAIHttpBackend(flags.config, transport=transport)
 
+        try:
+            guard = ConnectionGuard(max_connections, header_timeout)
+        except ValueError as exc:
+            raise ConfigError(f"--max-connections / --header-timeout: {exc}") from exc
         app = create_app(
             factory,
             defaults=defaults,
@@ -168,11 +185,13 @@ def serve_command(
             max_concurrent_solves=max_concurrent_solves,
             max_budget=max_budget,
             max_body_bytes=max_body_bytes,
+            max_upstream_connections=upstream_connections(),
+            connections=guard,
         )
     except DeepConfError as exc:
         raise fail(str(exc)) from None
     _setup_logging(log_level)
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
+    run_server(app, guard, host=host, port=port, log_level=log_level.lower())
 
 
 def _normalised(urls: list[str]) -> list[str]:

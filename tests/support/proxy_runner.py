@@ -19,6 +19,7 @@ from deepconf.backend import Backend
 from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
 from deepconf.config import DeepConfConfig
 from deepconf.serve.app import create_app
+from deepconf.serve.connections import ConnectionGuard
 from support.live_server import LoopbackServer
 
 # Small settings for scripted traces of a few tokens.
@@ -37,10 +38,20 @@ class LogCapture(logging.Handler):
 
 
 class ProxyServer(LoopbackServer):
-    """`create_app` over the real HTTP backend, served on a free loopback port; the
-    deepconf.serve log lines are kept in `logs`."""
+    """`create_app` over the real HTTP backend, served on a free loopback port under a
+    ConnectionGuard (`guard`, sized by `max_connections` and `header_timeout`) as `deepconf
+    serve` runs it; the deepconf.serve log lines are kept in `logs`."""
 
-    def __init__(self, upstream: str, **app_kw: Any) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        max_connections: int = 256,
+        header_timeout: float = 5.0,
+        **app_kw: Any,
+    ) -> None:
+        self.guard = ConnectionGuard(max_connections, header_timeout)
+        app_kw.setdefault("connections", self.guard)
         app_kw.setdefault("defaults", TEST_DEFAULTS)
         # 0.05 s progress interval keeps streaming tests short; the default is 0.25 s.
         app_kw.setdefault("progress_interval", 0.05)
@@ -51,7 +62,8 @@ class ProxyServer(LoopbackServer):
             )
             return OpenAIHttpBackend(config, transport=transport)
 
-        super().__init__(create_app(factory, upstreams=[upstream], **app_kw))
+        app = create_app(factory, upstreams=[upstream], **app_kw)
+        super().__init__(app, **self.guard.uvicorn_options())
         self.logs = LogCapture()
 
     def start(self) -> ProxyServer:
