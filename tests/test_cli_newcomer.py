@@ -254,6 +254,8 @@ def test_eval_notes_out_of_family_prompts_and_prints_wide(tmp_path):
     assert r.exit_code == 0, r.output
     assert "1 of 1 prompts are outside the bundled model's task family" in r.output
     assert "accuracy" in r.output and "Δ tokens vs majority" in r.output
+    # Progress on a pipe is one plain line per problem, no bar redrawn with carriage returns.
+    assert "eval 1/1" in r.output and "\r" not in r.output
 
 
 def test_eval_says_when_it_resumes(tmp_path):
