@@ -15,7 +15,11 @@ vLLM extensions: `top_k`, `ignore_eos`, `return_tokens_as_token_ids` (logprob to
 "token_id:<id>", so ids whose strings are equal do not collapse) and completions'
 `stop_reason` (the stop string matched). A client that disconnects aborts its sequence before
 the next decode step (streaming or not). Bad requests get OpenAI's error JSON with a 4xx
-status. Not here: n > 1 (send n requests), echo, tools, and authentication.
+status, and the cheap checks come first: the body's size (413 past max_body_bytes), then the
+prompt's size against the context (no tokenizer for a text that cannot fit); the tokenizer
+itself runs off the event loop. `serve_model` runs under `deepconf serve`'s connection rules
+(deepconf/serve/connections.py). Not here: n > 1 (send n requests), echo, tools, and
+authentication.
 
     engine, tokenizer, name, _ = load_engine(Path("my-falcon-h1"), max_batch=64)
     uvicorn.run(create_app(engine, tokenizer, model_name=name), port=8001)
@@ -47,6 +51,9 @@ from deepconf.model_settings import card_settings
 __all__ = ["create_app", "serve_model"]
 
 MAX_TOP_LOGPROBS = 20  # vLLM's --max-logprobs default
+# Far past any prompt the context holds; refused before reading (a 50 MB body once took
+# 200 s and 10 GB to fail).
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class _Request(BaseModel):
@@ -58,7 +65,7 @@ class _Request(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1)  # vLLM: -1 or 0 = off
     n: int = Field(1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)  # numpy's generators refuse < 0
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -96,12 +103,17 @@ class _HttpError(Exception):
 
 
 def create_app(
-    engine: AsyncEngine, tokenizer: Any, *, model_name: str, card: dict[str, Any] | None = None
+    engine: AsyncEngine,
+    tokenizer: Any,
+    *,
+    model_name: str,
+    card: dict[str, Any] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
     """The HTTP app over a running `AsyncEngine` (the caller owns and closes the engine).
     `card`: the model card (deepconf.json); its settings are advertised in /v1/models and
-    fill the sampling a request leaves unset."""
-    server = _Server(engine, tokenizer, model_name, card or {})
+    fill the sampling a request leaves unset. Bodies past `max_body_bytes` get 413."""
+    server = _Server(engine, tokenizer, model_name, card or {}, max_body_bytes)
     return Starlette(
         routes=[
             Route("/v1/models", server.models, methods=["GET"]),
@@ -116,20 +128,26 @@ def create_app(
 def serve_model(
     model_path: str | Path | None, host: str = "127.0.0.1", port: int = 8001, max_batch: int = 64
 ) -> None:
-    """Load a checkpoint folder (None: the bundled model) and serve it until interrupted."""
-    import uvicorn
+    """Load a checkpoint folder (None: the bundled model) and serve it until interrupted,
+    under the connection rules of `deepconf serve` (head deadline, connection bound)."""
+    from deepconf.serve.connections import ConnectionGuard, run_server
 
     engine, tokenizer, name, card = load_engine(model_path, max_batch=max_batch)
     try:
         app = create_app(engine, tokenizer, model_name=name, card=card)
-        uvicorn.run(app, host=host, port=port)
+        run_server(app, ConnectionGuard(), host=host, port=port)
     finally:
         engine.close()
 
 
 class _Server:
     def __init__(
-        self, engine: AsyncEngine, tokenizer: Any, model_name: str, card: dict[str, Any]
+        self,
+        engine: AsyncEngine,
+        tokenizer: Any,
+        model_name: str,
+        card: dict[str, Any],
+        max_body_bytes: int,
     ) -> None:
         self.engine = engine
         # The model's own DeepConf settings travel with it: advertised in /v1/models (where
@@ -140,6 +158,8 @@ class _Server:
         self.model_name = model_name
         self.text = TokenText(tokenizer)
         self.http = {"requests_total": 0, "requests_active": 0, "client_disconnects": 0}
+        self.max_body_bytes = max_body_bytes
+        self.max_token_chars = longest_token_chars(tokenizer, engine.engine.vocab_size)
 
     # -- plain endpoints ----------------------------------------------------------------------
 
@@ -182,7 +202,7 @@ class _Server:
     async def _generate(self, request: Request, *, chat: bool) -> Response | _Streamed:
         try:
             body = await self._parse(request, _ChatRequest if chat else _CompletionRequest)
-            prompt_ids = self._prompt_ids(body)
+            prompt_ids = await self._prompt_ids(body)
             k, want_logprobs = self._logprob_count(body)
             params = self._params(body, prompt_ids, k)
         except _HttpError as exc:
@@ -194,7 +214,7 @@ class _Server:
 
     async def _parse(self, request: Request, kind: type[_Request]) -> Any:
         try:
-            raw = orjson.loads(await request.body())
+            raw = orjson.loads(await self._body(request))
         except orjson.JSONDecodeError as exc:
             raise _HttpError(400, f"the body is not valid JSON: {exc}") from None
         if not isinstance(raw, dict):
@@ -214,26 +234,80 @@ class _Server:
             )
         return body
 
-    def _prompt_ids(self, body: Any) -> list[int]:
+    async def _body(self, request: Request) -> bytes:
+        """The raw body, refused with 413 past max_body_bytes: before reading when
+        Content-Length says so, else as soon as the bytes read pass it."""
+        limit = self.max_body_bytes
+        too_big = _HttpError(
+            413, f"request body larger than {limit} bytes", code="request_too_large"
+        )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise too_big
+            chunks.append(part)
+        return b"".join(chunks)
+
+    async def _prompt_ids(self, body: Any) -> list[int]:
+        """The prompt's token ids. Its length is checked before the tokenizer runs (a text
+        too long for the context is refused on its size alone), and tokenizing runs off
+        the event loop: a 10M-character prompt once held /health for 21 s."""
+        param = "messages" if isinstance(body, _ChatRequest) else "prompt"
         if isinstance(body, _ChatRequest):
             for i, m in enumerate(body.messages):
                 if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise _HttpError(
                         400, "each message needs a string role and content", f"messages.{i}"
                     )
+            self._check_text_fits(sum(len(m["content"]) for m in body.messages), param)
             # the bundled backend's rendering: the chat template, or the contents joined
-            return list(self.tokenizer.encode(render_prompt(self.tokenizer, body.messages)))
-        if body.echo:
-            raise _HttpError(400, "echo is not supported", "echo")
-        prompt = body.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise _HttpError(400, "one prompt per request: send a request per prompt", "prompt")
-            prompt = prompt[0]
-        ids = list(self.tokenizer.encode(prompt)) if isinstance(prompt, str) else list(prompt)
+            text = render_prompt(self.tokenizer, body.messages)
+        else:
+            if body.echo:
+                raise _HttpError(400, "echo is not supported", "echo")
+            prompt = body.prompt
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+                if len(prompt) != 1:
+                    raise _HttpError(
+                        400, "one prompt per request: send a request per prompt", param
+                    )
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                return self._checked_ids(prompt)
+            text = prompt
+        self._check_text_fits(len(text), param)
+        ids = list(await asyncio.to_thread(self.tokenizer.encode, text))
+        if not ids:
+            raise _HttpError(400, "the prompt is empty", param)
+        return ids
+
+    def _check_text_fits(self, chars: int, param: str) -> None:
+        """Refuse text that cannot fit the context whatever it says: at most
+        `max_token_chars` characters per token (the longest token the vocabulary has)."""
+        max_len = self.engine.engine.max_len
+        if chars > max_len * self.max_token_chars:
+            raise _HttpError(
+                400,
+                f"the prompt has {chars} characters, more than the {max_len}-token context can"
+                f" hold (at most {self.max_token_chars} characters per token)",
+                param,
+            )
+
+    def _checked_ids(self, ids: list[int]) -> list[int]:
+        """A prompt given as token ids: non-empty, each a token of the vocabulary."""
+        vocab = self.engine.engine.vocab_size
         if not ids:
             raise _HttpError(400, "the prompt is empty", "prompt")
-        return ids
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise _HttpError(
+                400, f"token id {bad} is outside the vocabulary (0..{vocab - 1})", "prompt"
+            )
+        return list(ids)
 
     def _logprob_count(self, body: Any) -> tuple[int, bool]:
         vocab = self.engine.engine.vocab_size
@@ -494,6 +568,14 @@ class TokenText:
         for tid, value in zip(out.top_ids.tolist(), out.top_logprobs.tolist(), strict=True):
             top.setdefault(self.piece(tid, as_ids)[0], _clamp(value))
         return token, logprob, top
+
+
+def longest_token_chars(tokenizer: Any, vocab_size: int) -> int:
+    """The most characters one token of the vocabulary decodes to (at least 1)."""
+    longest = 1
+    for token_id in range(vocab_size):
+        longest = max(longest, len(tokenizer.decode([token_id])))
+    return longest
 
 
 def _clamp(logprob: float) -> float:
