@@ -82,7 +82,7 @@ from deepconf.config import DeepConfConfig
 from deepconf.errors import ConfigError
 from deepconf.result import SolveResult
 from deepconf.serve import wire
-from deepconf.serve.body import read_json
+from deepconf.serve.body import BODY_SECONDS, read_json
 from deepconf.serve.connections import ConnectionGuard
 from deepconf.serve.solve import (
     HttpError,
@@ -116,6 +116,7 @@ class _Server:
     ) -> None:
         self.pool = pool  # the backends, over one connection pool
         self.guard: ConnectionGuard | None = None  # the client connections' rules, if any
+        self.body_timeout = BODY_SECONDS
         self.defaults = defaults
         self.upstreams = [u.rstrip("/") for u in upstreams]
         self.upstream_api_key = upstream_api_key
@@ -161,7 +162,7 @@ class _Server:
         path = request.url.path
         try:
             self._authorize(request)
-            body = await read_json(request, self.max_body_bytes)
+            body = await read_json(request, self.max_body_bytes, self.body_timeout)
             parsed = self._parse(body, chat)
             try:
                 config = parsed.to_config(self.defaults)
@@ -326,6 +327,7 @@ def create_app(
     max_idle_backends: int = DEFAULT_MAX_IDLE,
     max_upstream_connections: int = 1024,
     connections: ConnectionGuard | None = None,
+    body_timeout: float = BODY_SECONDS,
 ) -> Starlette:
     """The ASGI app.
 
@@ -347,6 +349,7 @@ def create_app(
         max_upstream_connections: the connection pool's size, over all upstreams.
         connections: the guard whose uvicorn_options() the server runs with; /health
             reports its counters.
+        body_timeout: seconds a request body may take to arrive (408 beyond).
     """
     if max_concurrent_solves < 1:
         raise ConfigError("--max-concurrent-solves must be at least 1")
@@ -384,5 +387,6 @@ def create_app(
         lifespan=lifespan,
     )
     server.guard = connections
+    server.body_timeout = body_timeout
     app.state.server = server
     return app

@@ -6,6 +6,7 @@ each is a 4xx in OpenAI's error shape, and the server keeps answering everyone e
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -109,6 +110,19 @@ def test_lone_surrogates_are_a_400(proxy: ProxyServer, raw: bytes) -> None:
     r = httpx.post(proxy.base_url + "/chat/completions", content=raw)
     assert r.status_code == 400
     assert "not valid JSON" in _openai_error(r)["message"]
+
+
+def test_a_body_that_trickles_in_gets_a_408() -> None:
+    """A client that sends its head and then a body slower than the body deadline (30 s by
+    default) gets a 408 instead of holding its connection and task for ever."""
+    with ScriptedServer(default=ANSWER) as up, ProxyServer(up.base_url, body_timeout=0.2) as px:
+        port = int(px.root.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+            sock.sendall(head + b"\r\n" + b'{"model": ')  # ... and the rest never comes
+            answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"request_timeout" in answer
 
 
 @pytest.mark.parametrize(
