@@ -100,17 +100,17 @@ def write_report(
         out.print(f"[yellow]{len(unparsed)} grade(s) fell back to string comparison:[/]")
         for s in unparsed[:20]:
             out.print(f"  {s.problem_id} [{s.method}]: {s.answer!r}", highlight=False)
+    from deepconf.eval.runner import write_atomic
+
     output.mkdir(parents=True, exist_ok=True)
-    (output / "report.md").write_text(
+    write_atomic(
+        output / "report.md",
         f"# {title}\n\n"
         + markdown_table(rows)
         + disagreement_markdown(disagreements or [])
         + unparsed_markdown(scores),
-        encoding="utf-8",
     )
-    (output / "summary.json").write_text(
-        json.dumps([r.to_dict() for r in rows], indent=2), encoding="utf-8"
-    )
+    write_atomic(output / "summary.json", json.dumps([r.to_dict() for r in rows], indent=2))
     return rows
 
 
@@ -494,9 +494,11 @@ def replay_command(
         if output is None:
             out.print(rich_table(summarise(scores), title=title))
         else:
+            from deepconf.eval.runner import write_atomic
+
             write_report(output, scores, title, out)
-            with (output / "scores.jsonl").open("w", encoding="utf-8") as f:
-                f.writelines(json.dumps(s.to_dict()) + "\n" for s in scores)
+            lines = "".join(json.dumps(s.to_dict()) + "\n" for s in scores)
+            write_atomic(output / "scores.jsonl", lines)
     except DeepConfError as exc:
         raise fail(str(exc)) from None
 

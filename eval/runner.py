@@ -6,7 +6,8 @@ online mode. Problems run concurrently, and all their traces share one global li
 streams in flight (`LimitedBackend`, a semaphore around the backend).
 
 Output folder:
-    run.json              the settings; a rerun with other settings is refused
+    run.json              the settings; a rerun with other settings is refused (written
+                          atomically; one cut off by an older version is named, not a traceback)
     results.jsonl         one line per finished problem, appended and flushed at once
     traces/<id>.<run>.jsonl   every trace, written by the controller as it ends
 A rerun with the same folder skips the problems in results.jsonl; a kill -9 loses only the
@@ -23,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -136,7 +138,7 @@ def check_manifest(output: Path, manifest: dict[str, Any]) -> None:
     """Write run.json, or check that an existing one has the same settings."""
     path = output / "run.json"
     if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = _read_manifest(path)
         diff = _differences(old, manifest)
         if diff:
             shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:4])
@@ -146,7 +148,42 @@ def check_manifest(output: Path, manifest: dict[str, Any]) -> None:
             )
         return
     output.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """run.json's settings; a file cut off or emptied (a kill between open and write, before
+    writes were atomic, or a hand edit) is a ConfigError that says how to go on."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = "it is empty" if path.stat().st_size == 0 else f"{exc}"
+        old = None
+    else:
+        reason = "it holds no settings object"
+    if not isinstance(old, dict):
+        raise ConfigError(
+            f"{path} cannot be read ({reason}): it was cut off while being written or edited."
+            f" Delete it to resume this folder with the settings given now (results.jsonl is"
+            f" kept), or use a new --output folder"
+        )
+    return old
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader (or a rerun after a kill) finds the old file
+    or the new one, never a part: a temporary file beside it, flushed to disk, then renamed
+    over it (a rename within a folder is atomic). One writer per folder, as eval has: the
+    temporary name is fixed, so what a killed writer left is overwritten by the next."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _differences(old: Any, new: Any, where: str = "") -> list[tuple[str, Any, Any]]:
