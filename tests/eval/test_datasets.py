@@ -69,7 +69,7 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path: Path, monkeypatc
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
-    with pytest.raises(DatasetError, match=r"deepconf\[parquet\]"):
+    with pytest.raises(DatasetError, match=r"pip install 'deepconf-orchestrator\[parquet\]'"):
         load_dataset(str(tmp_path / "d.parquet"))
 
 

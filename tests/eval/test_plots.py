@@ -109,7 +109,7 @@ def test_missing_matplotlib_says_what_to_install(tmp_path: Path, monkeypatch) ->
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    with pytest.raises(ConfigError, match=r"deepconf\[plot\]"):
+    with pytest.raises(ConfigError, match=r"pip install 'deepconf-orchestrator\[plot\]'"):
         plot_confidence_histograms([1.0], [2.0], tmp_path / "x.png")
 
 
