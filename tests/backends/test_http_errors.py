@@ -44,8 +44,9 @@ def response(status: int, body: bytes | str | object = b"", **headers: str) -> h
     )
 
 
-def chained(exc: BaseException, *, cause: BaseException | None = None,
-            context: BaseException | None = None) -> BaseException:
+def chained(
+    exc: BaseException, *, cause: BaseException | None = None, context: BaseException | None = None
+) -> BaseException:
     exc.__cause__, exc.__context__ = cause, context
     return exc
 
@@ -129,19 +130,33 @@ def test_other_exceptions_pass_through_unchanged() -> None:
 @pytest.mark.parametrize(
     ("resp", "said"),
     [
-        (response(400, {"error": {"message": "max_tokens is too large"}}), "max_tokens is too large"),
+        (
+            response(400, {"error": {"message": "max_tokens is too large"}}),
+            "max_tokens is too large",
+        ),
         (response(400, {"error": "model not loaded"}), "model not loaded"),
         (response(422, {"detail": "field required"}), "field required"),  # FastAPI's shape
         (response(400, {"error": {"msg": "bad seed"}}), "bad seed"),
-        (response(400, {"error": {"message": "", "detail": "empty message skipped"}}),
-         "empty message skipped"),
+        (
+            response(400, {"error": {"message": "", "detail": "empty message skipped"}}),
+            "empty message skipped",
+        ),
         (response(400, {"error": {"code": 7}}), "{'error': {'code': 7}}"),
         (response(400, [1, 2]), "[1, 2]"),
         (response(502, "  <html>Bad Gateway</html>\n"), "<html>Bad Gateway</html>"),
         (response(502, ""), "Bad Gateway"),  # no body at all: the status's reason phrase
     ],
-    ids=["message", "string", "detail", "msg", "first-non-empty", "unknown-dict", "list",
-         "text", "empty"],
+    ids=[
+        "message",
+        "string",
+        "detail",
+        "msg",
+        "first-non-empty",
+        "unknown-dict",
+        "list",
+        "text",
+        "empty",
+    ],
 )
 def test_server_message_reads_every_common_error_shape(resp, said) -> None:
     assert server_message(resp) == said
