@@ -61,7 +61,8 @@ from deepconf.cli_common import (
 )
 from deepconf.doctor_command import doctor_command
 from deepconf.errors import ConfigError, DeepConfError
-from deepconf.eval.commands import eval_command, plot_command, replay_command
+from deepconf.eval.commands import eval_command, plot_command
+from deepconf.eval.replay_command import replay_command
 from deepconf.serve.command import serve_command
 
 if TYPE_CHECKING:  # annotations only: importing it at start-up would load numpy

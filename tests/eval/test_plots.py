@@ -24,6 +24,7 @@ from deepconf.eval.plots import (
     plot_confidence_histograms,
     plot_trace_confidence,
 )
+from deepconf.eval.replay_command import replay_command
 from deepconf.eval.report import MethodSummary
 from deepconf.trace import TraceRecord, TraceStatus
 
@@ -129,7 +130,7 @@ class PromptFake(FakeBackend):
 def app() -> typer.Typer:
     cli = typer.Typer()
     cli.command("eval")(commands.eval_command)
-    cli.command("replay")(commands.replay_command)
+    cli.command("replay")(replay_command)
     cli.command("plot")(commands.plot_command)
     return cli
 
