@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
@@ -14,7 +15,13 @@ from deepconf.eval.chain_tokenizer import (
     special_ids,
     tokenizer_config,
 )
-from deepconf.eval.task_chain import Difficulty, chat_messages, problems, prompt_text
+from deepconf.eval.task_chain import (
+    Difficulty,
+    chat_messages,
+    parse_prompt,
+    problems,
+    prompt_text,
+)
 
 
 def _render(messages, add_generation_prompt=True):
@@ -65,3 +72,52 @@ def test_saved_files_load_back(tmp_path):
     cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert cfg == tokenizer_config()
     assert cfg["eos_token"] == "<eos>" and cfg["chat_template"] == CHAT_TEMPLATE
+
+
+NATURAL = [
+    "{e}",
+    "Compute {e}.",
+    "compute {e}",
+    "What is {s}?",
+    "Calculate {s} =",
+    "  Evaluate {e}.  ",
+    "Problem: {e}",
+]
+
+
+@pytest.mark.parametrize("form", NATURAL)
+def test_natural_prompts_render_the_training_prompt_as_parse_prompt_reads_them(form):
+    """ "Compute 37+58-19." and the other natural forms render to the exact prompt the model
+    was trained on, and task_chain.parse_prompt (the in-family check) reads the same
+    expression from them: both doors agree on what the model is asked."""
+    for p in problems(Difficulty(4, 3), 4) + problems(Difficulty(2, 1), 2):
+        spaced = p.expression.replace("+", " + ").replace("-", " - ")
+        content = form.format(e=p.expression, s=spaced)
+        assert _render([{"role": "user", "content": content}]) == prompt_text(p)
+        parsed = parse_prompt(content)
+        assert parsed is not None and parsed.expression == p.expression
+
+
+def test_other_messages_pass_through_unchanged():
+    """A message that is not an expression once the lead words go stays as written."""
+    for content in ("Tell me a joke.", "Compute the area of a circle.", "What is 2*3?"):
+        assert _render([{"role": "user", "content": content}]) == f"Problem: {content}\nSolution: "
+
+
+@pytest.mark.parametrize("renderer", ["transformers", "llama_cpp"])
+def test_other_runtimes_render_the_natural_prompt_alike(renderer):
+    """transformers and llama-cpp-python (which serve these weights too) render "Compute
+    ..." with the shipped template exactly as our engine does."""
+    content = [{"role": "user", "content": "Compute 216+973+738-425-756-352."}]
+    want = "Problem: 216+973+738-425-756-352\nSolution: "
+    if renderer == "transformers":
+        transformers = pytest.importorskip("transformers")
+        tok = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=build_tokenizer(), chat_template=CHAT_TEMPLATE
+        )
+        got = tok.apply_chat_template(content, tokenize=False, add_generation_prompt=True)
+    else:
+        chat_format = pytest.importorskip("llama_cpp.llama_chat_format")
+        formatter = chat_format.Jinja2ChatFormatter(CHAT_TEMPLATE, "<eos>", "<bos>")
+        got = formatter(messages=content).prompt
+    assert got == want
