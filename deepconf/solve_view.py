@@ -88,7 +88,8 @@ def tokens_line(result: SolveResult) -> str:
     estimate = result.tokens_majority_estimate
     if estimate and result.mode == "online":
         saved = 1.0 - tokens.total / estimate
-        line += f"; plain majority over the same budget: ~{estimate:,.0f} ({saved:+.0%} saved)"
+        change = f"{saved:.0%} saved" if saved >= 0 else f"{-saved:.0%} more"
+        line += f"; plain majority over the same budget: ~{estimate:,.0f} ({change})"
     return line
 
 
