@@ -68,7 +68,7 @@ def test_an_empty_problem_is_refused_not_answered(prompt, stdin):
 def test_a_problem_outside_the_bundled_family_is_flagged():
     """Mixed-width chains are outside what the bundled model was trained on (every trace
     answered 12+7-3 with 5): the CLI says so before and after the run."""
-    r = _run("solve", "--budget", "2", "Compute 12+7-3.")
+    r = _run("solve", "--budget", "2", "--seed", "0", "Compute 12+7-3.")
     assert r.output.count("outside the bundled model's task family") == 1
     assert "same number of digits" in r.output
 
@@ -206,11 +206,14 @@ def test_serve_deepconf_object_carries_majority():
 
 
 def test_no_answer_exits_1_saying_the_token_budget_ran_out():
-    """--token-budget 500 on the bundled model: the 16 warm-up traces need ~1,100 tokens,
-    every trace is cancelled, and the CLI says so and exits 1 (was exit 0, answer None)."""
-    r = _run("solve", "--token-budget", "500", "--seed", "0", "Compute 216+973+738-425-756-352.")
+    """A token budget that runs out in the warm-up (the issue's was 500 against ~1,100
+    needed) cancels every trace: the CLI says so and exits 1 (was exit 0, answer None).
+    50 tokens: less than any one trace of this problem needs (75 or more), so no trace can
+    end first whatever the timing."""
+    r = _run("solve", "--token-budget", "50", "--seed", "0", "Compute 216+973+738-425-756-352.")
     assert r.exit_code == 1
-    assert "no answer: the token budget (500) ran out" in r.output
+    assert "no answer: the token budget (50) ran out" in r.output
+    assert "none of the 16 warm-up traces reached its end" in r.output
     assert "Raise --token-budget or lower --warmup" in r.output
 
 
