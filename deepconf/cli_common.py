@@ -129,6 +129,15 @@ Variant = Annotated[
         " \\[default: low]",
     ),
 ]
+PolicyName = Annotated[
+    str | None,
+    typer.Option(
+        "--policy",
+        help="Online policy: deepconf-low, deepconf-high, deepconf-adaptive, majority, tau,"
+        " esc, beta, beta-z, conf-beta, cisc or self-certainty (the table: deepconf.policies)."
+        " \\[default: deepconf-<variant>]",
+    ),
+]
 Budget = Annotated[
     int | None,
     typer.Option("--budget", help="Trace budget, warm-up included. \\[default: 64]"),

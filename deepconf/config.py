@@ -27,6 +27,21 @@ METRICS: tuple[str, ...] = ("mean", "tail", "bottom", "lowest")
 # top eta% by the metric, then vote weighted by it).
 METHOD_PATTERN = re.compile(rf"^(?:majority|(?P<metric>{'|'.join(METRICS)})(?:@(?P<eta>10|90))?)$")
 
+# Online policies by name (deepconf.policies builds them; its docstring has the table).
+POLICY_NAMES: tuple[str, ...] = (
+    "deepconf-low",
+    "deepconf-high",
+    "deepconf-adaptive",
+    "majority",
+    "tau",
+    "esc",
+    "beta",
+    "beta-z",
+    "conf-beta",
+    "cisc",
+    "self-certainty",
+)
+
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
@@ -108,6 +123,11 @@ class DeepConfConfig(StrictModel):
     concurrency: int = Field(
         16, ge=1, description="Traces in flight at once (1 reproduces the paper's sequential run)."
     )
+    policy: str | None = Field(
+        None,
+        description="Online policy by name (deepconf.policies); none: deepconf-<variant>."
+        " --warmup and --tau apply to the policies that have them.",
+    )
     offline_method: str = Field(
         "tail@10",
         description="Offline answer: majority, <metric> or <metric>@<eta>"
@@ -126,6 +146,13 @@ class DeepConfConfig(StrictModel):
                 " or one of those with @10 or @90 (e.g. tail@10)"
             )
         return method
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, policy: str | None) -> str | None:
+        if policy is not None and policy not in POLICY_NAMES:
+            raise ValueError(f"unknown policy {policy!r}: use one of {', '.join(POLICY_NAMES)}")
+        return policy
 
     @model_validator(mode="after")
     def _warmup_within_budget(self) -> DeepConfConfig:

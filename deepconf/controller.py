@@ -442,10 +442,12 @@ class SolveRun:
         self.table = self.majority()
         self._progress()
 
-    def revote(self, voters: list[TraceRecord]) -> VoteTable:
-        """Recount the weighted vote of `voters` (weight: lowest-group confidence)."""
+    def revote(self, voters: list[TraceRecord], weights: list[float] | None = None) -> VoteTable:
+        """Recount the weighted vote of `voters` (weights: the policy's, one per voter;
+        None: lowest-group confidence)."""
         answers = [r.answer for r in voters]
-        weights = [r.metrics.lowest if r.metrics is not None else 0.0 for r in voters]
+        if weights is None:
+            weights = [r.metrics.lowest if r.metrics is not None else 0.0 for r in voters]
         self.table = vote(answers, weights, keys=self.keys)
         self._progress()
         return self.table

@@ -20,14 +20,14 @@ so a few more traces than the sequential run may be in flight when it stops.
 
 from __future__ import annotations
 
-import bisect
-
-import numpy as np
-
 from deepconf.controller import SolveRun
+from deepconf.policies import Ended, PolicyRun, policy_for
+from deepconf.policies.filters import warmup_threshold
 from deepconf.result import SolveResult
 from deepconf.trace import TraceRecord, TraceStatus
-from deepconf.voting import tolerant_threshold, vote
+from deepconf.voting import vote
+
+__all__ = ["run_online", "votes_online", "warmup_threshold"]
 
 
 def votes_online(record: TraceRecord, threshold: float) -> bool:
@@ -41,53 +41,56 @@ def votes_online(record: TraceRecord, threshold: float) -> bool:
     )
 
 
-def warmup_threshold(lowest: np.ndarray, keep_percent: float) -> float:
-    """s = the (100 - keep_percent)th percentile (numpy linear) of warm-up lowest-group
-    confidences: DeepConf-low (keep 10%) takes the 90th, DeepConf-high (keep 90%) the 10th;
-    lowered by the tie tolerance, so a trace whose confidence equals it up to float noise is
-    neither pruned nor filtered out (traces of one prompt share their first windows, and the
-    percentile often lands exactly on one of them)."""
-    return tolerant_threshold(float(np.percentile(lowest, 100.0 - keep_percent)))
-
-
 async def run_online(run: SolveRun) -> SolveResult:
     cfg = run.config
     empty = "No trace passed the confidence threshold with an answer"
+    # Every decision (threshold, who votes, weights, stop) is the policy's; replay drives the
+    # same PolicyRun over recorded traces (eval/replay.py).
+    decide = PolicyRun(policy_for(cfg), cfg.budget, cfg.confidence.top_logprobs, run.keys)
+    records: dict[int, TraceRecord] = {}
 
-    # 1. Warm-up: run to completion, never pruned.
-    await run.generate("warmup", cfg.warmup, threshold=None, on_finish=run.tally)
-    warm = [r for r in run.finished() if r.phase == "warmup" and r.metrics is not None]
-    if not warm:  # stopped (token budget, failures) before any warm-up trace finished
+    def ended(record: TraceRecord) -> Ended:
+        records[record.index] = record
+        return Ended(record.index, record.answer, record.metrics, record.finished)
+
+    def revote() -> None:
+        run.revote([records[v.index] for v in decide.voters], decide.weights())
+
+    # 1. Warm-up: run to completion, never pruned (an adaptive warm-up may stop it early).
+    def on_warmup(record: TraceRecord) -> None:
+        run.tally(record)
+        if decide.warmup_ended(ended(record)) and run.stop_reason is None:
+            run.stop_reason = "consensus"
+
+    await run.generate("warmup", decide.warmup_traces, threshold=None, on_finish=on_warmup)
+    if not decide.warm:  # stopped (token budget, failures) before any warm-up trace finished
         run.table = vote([], keys=run.keys)  # the provisional majority is not a vote
         return _with_majority(run, run.result(run.table, _methods(run), empty))
 
-    # 2. Threshold from the warm-up traces' lowest-group confidences.
-    lowest = np.array([r.metrics.lowest for r in warm if r.metrics is not None])
-    s = warmup_threshold(lowest, cfg.keep_percent)
-    run.threshold = s
+    # 2-3. Threshold from the warm-up's signals; the warm-up traces that pass it seed the vote.
+    decide.end_warmup()
+    run.threshold = decide.threshold
+    revote()
 
-    # 3. Seed the vote with the warm-up traces that pass the threshold.
-    voters = [r for r in warm if votes_online(r, s)]
-    run.revote(voters)
-
-    # 4. Generate further traces until consensus or a budget stops us.
-    if run.stop_reason is None and run.table.beta >= cfg.tau:
+    # 4. Generate further traces until the stop rule or a budget stops us.
+    if run.stop_reason is None and decide.stopped:
         run.stop_reason = "consensus"
     if run.stop_reason is None:
 
         def on_finish(record: TraceRecord) -> None:
-            if not votes_online(record, s):
-                return
-            # Index order, not finish order: the vote's last tie-break is "first seen", and
-            # with seeds the index order is the same in every run.
-            bisect.insort(voters, record, key=lambda r: r.index)
-            if run.revote(voters).beta >= cfg.tau and run.stop_reason is None:
+            before = len(decide.voters)
+            fired = decide.ended(ended(record))
+            if len(decide.voters) != before:
+                revote()
+            if fired and run.stop_reason is None:
                 run.stop_reason = "consensus"
 
         warm_used = sum(
             1 for r in run.records if r.phase == "warmup" and r.status is not TraceStatus.FAILED
         )
-        await run.generate("online", cfg.budget - warm_used, threshold=s, on_finish=on_finish)
+        await run.generate(
+            "online", cfg.budget - warm_used, threshold=decide.prune_threshold, on_finish=on_finish
+        )
 
     return _with_majority(run, run.result(run.table, _methods(run), empty))
 

@@ -38,7 +38,11 @@ from deepconf.config import ConfidenceConfig
 from deepconf.errors import ConfigError
 from deepconf.eval.grading import Grade, Grader
 from deepconf.eval.report import Score
-from deepconf.online import warmup_threshold
+from deepconf.policies import Ended, Policy, PolicyRun
+from deepconf.policies.filters import GroupThresholdPrune
+from deepconf.policies.signals import MetricSignal, RawWeights
+from deepconf.policies.stop import TauConsensus
+from deepconf.policies.warmup import FixedWarmup
 from deepconf.trace import TraceStatus, read_traces
 from deepconf.voting import AnswerKeys, method_vote, ranked
 
@@ -51,10 +55,11 @@ class PoolTrace:
     confs: np.ndarray  # (tokens,) token confidences, as stored (rounded to 4 decimals)
     status: TraceStatus = TraceStatus.COMPLETED
     metrics: TraceMetrics | None = None  # as recorded, from the unrounded confidences
+    n_tokens: int | None = None  # an answer-only sample's length (it has no confidences)
 
     @property
     def tokens(self) -> int:
-        return int(self.confs.shape[0])
+        return self.n_tokens if self.n_tokens is not None else int(self.confs.shape[0])
 
 
 @dataclass(slots=True)
@@ -73,7 +78,8 @@ class Pool:
     def prepared(self, window: int | None = None) -> PreparedPool:
         """The arrays for a group window (default: the recorded one). Tail length and
         bottom fraction are always the recorded ones."""
-        recorded = pool_window(self)
+        # Answer-only samples have no confidences: any window gives the same (empty) arrays.
+        recorded = 1 if self.meta.get("answer_only") else pool_window(self)
         window = window or recorded
         if window not in self._prepared:
             tail = int(self.meta.get("tail") or ConfidenceConfig().tail)
@@ -117,11 +123,12 @@ class PreparedPool:
         for i, t in enumerate(traces):
             if t.answer is not None:
                 classes[i] = class_ids.setdefault(keys.key(t.answer), len(class_ids))
+            scored = t.confs.shape[0] > 0  # answer-only samples carry no confidences
             if use_recorded and t.metrics is not None:
                 metrics.append(t.metrics)
             else:
-                metrics.append(trace_metrics(t.confs, window, tail, bottom) if t.tokens else None)
-            if t.tokens >= window:
+                metrics.append(trace_metrics(t.confs, window, tail, bottom) if scored else None)
+            if scored and t.tokens >= window:
                 groups = group_confidences(t.confs, window)  # (tokens - window + 1,)
                 neg_cummin.append(-np.minimum.accumulate(groups))
             else:  # never full: online, a short trace cannot be pruned
@@ -146,6 +153,17 @@ class OnlineParams:
     budget: int = 64
     token_budget: int | None = None
 
+    def policy(self) -> Policy:
+        """DeepConf at these settings, as a policy (deepconf-low at eta 10, -high at 90)."""
+        return Policy(
+            f"deepconf-{variant_name(self.eta)}",
+            FixedWarmup(self.warmup),
+            MetricSignal("lowest"),
+            RawWeights(),
+            GroupThresholdPrune(self.eta),
+            TauConsensus(self.tau),
+        )
+
     def __post_init__(self) -> None:
         if self.warmup < 1 or self.budget < self.warmup:
             raise ConfigError(
@@ -165,8 +183,8 @@ class OnlineOutcome:
 
 
 class _Tally:
-    """The running weighted vote over class ids, summed in the controller's order so the
-    floats (and so beta and ties) come out bit for bit as deepconf.voting.vote's."""
+    """The running plain count over class ids (the empty-vote fallback), summed in the
+    controller's order so ties come out as deepconf.voting.vote's."""
 
     def __init__(self) -> None:
         self.rows: dict[int, list[Any]] = {}  # class -> [weight, count, first raw answer]
@@ -193,7 +211,21 @@ PruneFinder = Callable[[PreparedPool, int, "float | None"], "int | None"]
 def simulate_order(pool: PreparedPool, order: Sequence[int], params: OnlineParams) -> OnlineOutcome:
     """Online DeepConf over the traces of `order`, as the live controller runs it with
     concurrency 1 and one token per batch (fast path)."""
-    return _OnlineRun(pool, params, _fast_prune).run(order)
+    return simulate_policy(pool, order, params.policy(), params.budget, params.token_budget)
+
+
+def simulate_policy(
+    pool: PreparedPool,
+    order: Sequence[int],
+    policy: Policy,
+    budget: int,
+    token_budget: int | None = None,
+    k: int = 20,
+) -> OnlineOutcome:
+    """Any online policy over the traces of `order`, as the live controller runs it with
+    concurrency 1 and one token per batch (k: the top logprobs the traces were scored with,
+    for self-certainty)."""
+    return _OnlineRun(pool, policy, budget, token_budget, k, _fast_prune).run(order)
 
 
 def simulate_order_reference(
@@ -211,7 +243,8 @@ def simulate_order_reference(
                 return pos
         return None
 
-    return _OnlineRun(pool, params, walk).run(order)
+    policy = params.policy()
+    return _OnlineRun(pool, policy, params.budget, params.token_budget, 20, walk).run(order)
 
 
 def _fast_prune(pool: PreparedPool, i: int, threshold: float | None) -> int | None:
@@ -219,84 +252,73 @@ def _fast_prune(pool: PreparedPool, i: int, threshold: float | None) -> int | No
 
 
 class _OnlineRun:
-    """One simulated online solve: the controller's SolveRun, minus the streaming."""
+    """One simulated online solve: the controller's SolveRun minus the streaming; every
+    decision is the policy's PolicyRun, the object the live controller uses."""
 
-    def __init__(self, pool: PreparedPool, params: OnlineParams, prune: PruneFinder) -> None:
-        self.pool, self.params, self.prune = pool, params, prune
-        self.tally = _Tally()
-        self.voted = False
+    def __init__(
+        self,
+        pool: PreparedPool,
+        policy: Policy,
+        budget: int,
+        token_budget: int | None,
+        k: int,
+        prune: PruneFinder,
+    ) -> None:
+        self.pool, self.prune = pool, prune
+        self.budget, self.token_budget = budget, token_budget
+        self.decide = PolicyRun(policy, budget, k, pool.keys)
         self.finished: list[int] = []  # traces that ran to their end, in launch order
         self.tokens = 0
         self.launched = 0
         self.stop: str | None = None
 
     def run(self, order: Sequence[int]) -> OnlineOutcome:
-        p, pool = self.params, self.pool
-        # 1. Warm-up: the first W traces run to completion (unless the token budget ends it).
-        warm = []
-        for i in order[: p.warmup]:
-            if self._trace(i, None) == "finished" and pool.metrics[i] is not None:
-                warm.append(i)
+        decide = self.decide
+        # 1. Warm-up: the first W traces run to completion (unless a stop ends it).
+        for i in order[: decide.warmup_traces]:
+            if decide.warmup_ended(self._trace(i, None)) and self.stop is None:
+                self.stop = "consensus"
             if self.stop is not None:
                 break
-        threshold = None
-        if warm:
-            # 2. Threshold from the warm-up's lowest-group confidences.
-            lowest = np.array([self._lowest(i) for i in warm])
-            threshold = warmup_threshold(lowest, p.eta)
-            # 3. Seed the vote with the warm-up traces that pass it.
-            for i in warm:
-                self._vote(i, threshold, check=False)
-            self._check_consensus()
-            # 4. Trace after trace, pruned below s, until consensus or a budget.
-            for i in order[self.launched : p.budget]:
+        if decide.warm:
+            # 2-3. Threshold from the warm-up; its traces that pass it seed the vote.
+            decide.end_warmup()
+            if decide.stopped and self.stop is None:
+                self.stop = "consensus"
+            # 4. Trace after trace, pruned below s, until the stop rule or a budget.
+            for i in order[self.launched : self.budget]:
                 if self.stop is not None:
                     break
-                if self._trace(i, threshold) == "finished":
-                    self._vote(i, threshold, check=True)
+                if decide.ended(self._trace(i, decide.prune_threshold)) and self.stop is None:
+                    self.stop = "consensus"
         # 5. An empty vote falls back to plain majority over the traces that ran to the end.
-        answer = self.tally.leader()[0] if self.voted else _majority(pool, self.finished)
+        state = decide.state
+        answer = state.leader if state.votes else _majority(self.pool, self.finished)
+        threshold = decide.threshold if decide.warm else None
         return OnlineOutcome(answer, self.tokens, self.launched, threshold, self.stop or "budget")
 
-    def _trace(self, i: int, threshold: float | None) -> str:
-        """Run trace i; how it ended: finished | pruned | cancelled. The token budget is
+    def _trace(self, i: int, threshold: float | None) -> Ended:
+        """Run trace i (launched as the next index); how it ended. The token budget is
         checked on every token that did not prune the trace (the controller's order)."""
+        index = self.launched
         self.launched += 1
-        pruned = self.prune(self.pool, i, threshold)
-        end = pruned if pruned is not None else int(self.pool.tokens[i])
-        budget = self.params.token_budget
+        pool = self.pool
+        pruned = self.prune(pool, i, threshold)
+        end = pruned if pruned is not None else int(pool.tokens[i])
+        budget = self.token_budget
         if budget is not None and self.stop is None:
             reach = max(1, budget - self.tokens)  # the trace's token that meets the budget
             if reach < end:
                 self.tokens += reach
                 self.stop = "token_budget"
-                return "cancelled"
+                return Ended(index, pool.answers[i], pool.metrics[i], finished=False)
             if reach == end and pruned is None:  # met on the last token: the trace ends
                 self.stop = "token_budget"
         self.tokens += end
         if pruned is not None:
-            return "pruned"
+            return Ended(index, pool.answers[i], pool.metrics[i], finished=False)
         self.finished.append(i)
-        return "finished"
-
-    def _lowest(self, i: int) -> float:
-        m = self.pool.metrics[i]
-        assert m is not None
-        return m.lowest
-
-    def _vote(self, i: int, threshold: float, *, check: bool) -> None:
-        """A trace that ran to its end votes if it has an answer and passes the threshold."""
-        answer = self.pool.answers[i]
-        if answer is None or self.pool.metrics[i] is None or self._lowest(i) < threshold:
-            return
-        self.tally.add(int(self.pool.classes[i]), self._lowest(i), answer)
-        self.voted = True
-        if check:
-            self._check_consensus()
-
-    def _check_consensus(self) -> None:
-        if self.stop is None and self.voted and self.tally.leader()[1] >= self.params.tau:
-            self.stop = "consensus"
+        return Ended(index, pool.answers[i], pool.metrics[i], finished=True)
 
 
 def _majority(pool: PreparedPool, indices: Iterable[int]) -> str | None:
