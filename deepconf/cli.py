@@ -338,7 +338,12 @@ def serve_model(
         raise fail(str(exc)) from None
 
 
-_BENCHMARKS = {"stream": "deepconf.eval.bench_stream", "engine": "deepconf.eval.bench_engine"}
+_BENCHMARKS = {
+    "stream": "deepconf.eval.bench_stream",
+    "engine": "deepconf.eval.bench_engine",
+    "serve": "deepconf.eval.bench_serve",
+    "hostile": "deepconf.eval.bench_hostile",
+}
 
 
 @app.command(
@@ -349,7 +354,11 @@ def bench(
     ctx: typer.Context,
     which: Annotated[
         str | None,
-        typer.Argument(help="stream (client hot path) or engine (bundled).", show_default=False),
+        typer.Argument(
+            help="stream (client hot path), engine (bundled), serve (load test of `deepconf"
+            " serve`) or hostile (slowloris, model names, huge bodies).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Run a benchmark; it prints ratios measured side by side in one run.
