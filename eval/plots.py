@@ -4,6 +4,7 @@ accuracy-tokens trade-off.
     trace_confidence.png   group confidence over tokens per trace, the threshold, prune points
     confidence_hist.png    a trace metric (default: lowest group) of right vs wrong traces
     accuracy_tokens.png    accuracy against tokens, one point per method
+    policy_pareto.png      a replay's policies, accuracy against tokens, the Pareto front
 
 matplotlib is an optional extra (`pip install 'deepconf-orchestrator[plot]'`); it is imported
 inside the functions, on the non-interactive Agg backend, so importing this module costs
@@ -24,6 +25,7 @@ import numpy as np
 from deepconf.confidence import group_confidences
 from deepconf.config import METRICS
 from deepconf.errors import ConfigError
+from deepconf.eval.compare import PolicyRow, pareto_front
 from deepconf.eval.report import MethodSummary
 from deepconf.trace import TraceRecord, TraceStatus
 
@@ -156,6 +158,32 @@ def plot_accuracy_tokens(
     return _save(fig, out)
 
 
+def plot_policy_pareto(rows: Sequence[PolicyRow], out: Path, *, title: str | None = None) -> Path:
+    """Every policy of a replay comparison as a point (tokens per problem, log x; accuracy
+    with its 95%-of-orders interval), the Pareto front joined by a line and listed in the
+    legend; the other policies are grey and named beside the axes."""
+    if not rows:
+        raise ConfigError("no policy results to plot")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    front = pareto_front(rows)
+    on_front = {r.policy for r in front}
+    for r in rows:
+        y = 100 * r.accuracy
+        err = [[y - 100 * r.low], [100 * r.high - y]]
+        style = {"alpha": 0.9} if r.policy in on_front else {"color": "0.6", "alpha": 0.7}
+        ax.errorbar([r.tokens], [y], yerr=err, fmt="o", ms=5, capsize=2, label=r.policy, **style)
+    ax.plot([r.tokens for r in front], [100 * r.accuracy for r in front], "-", color="C3", lw=1)
+    ax.set_xscale("log")
+    ax.margins(x=0.1, y=0.1)
+    ax.set_xlabel("tokens per problem")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "Policies: accuracy against tokens (line: the Pareto front)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    return _save(fig, out)
+
+
 # --- from an output folder -------------------------------------------------------------------
 
 
@@ -183,6 +211,10 @@ def draw_all(
     elif (source / "summary.json").exists():
         rows = [MethodSummary(**r) for r in json.loads((source / "summary.json").read_text())]
         made.append(plot_accuracy_tokens(rows, out / "accuracy_tokens.png"))
+    if (source / "policies.jsonl").exists():  # a replay's policy comparison
+        lines = (source / "policies.jsonl").read_text().splitlines()
+        policy_rows = [PolicyRow(**json.loads(x)) for x in lines if x.strip()]
+        made.append(plot_policy_pareto(policy_rows, out / "policy_pareto.png"))
     traces_dir = source / "traces"
     if traces_dir.is_dir():
         golds = load_answers(str(source)) if results_path.exists() else {}

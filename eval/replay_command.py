@@ -2,6 +2,11 @@
 
     deepconf replay out/ --eta 10,90 --tau 0.9,0.95 --warmup 8,16 --budget 32
     deepconf replay traces.jsonl --gold 394          # a `solve --save-traces` file
+    deepconf replay samples.jsonl --answers gold.jsonl --budget 64 --sweep esc,beta
+                                                     # answer-only samples (eval.samples)
+
+Besides the swept DeepConf settings, it prints one comparison table: every policy that
+applies (deepconf.policies) at its defaults, plus the named sweeps (eval.compare).
 
 Registered by deepconf/cli.py. Parsing and printing only: the simulation is eval.replay, the
 gold answers come from eval.datasets or --gold, the tables from eval.report.
@@ -89,6 +94,14 @@ def replay_command(
     methods: Annotated[
         str, typer.Option("--methods", help="Offline methods to report.")
     ] = "majority,offline",
+    sweep: Annotated[
+        str,
+        typer.Option(
+            "--sweep",
+            help="Policy sweeps added to the comparison table: tau, esc, beta, beta-z, deepconf"
+            " (comma list).",
+        ),
+    ] = "",
     repeats: Annotated[
         int, typer.Option("--repeats", help="Random trace orders per problem.")
     ] = 64,
@@ -99,17 +112,36 @@ def replay_command(
     ] = None,
 ) -> None:
     """Replay recorded traces: offline methods and SIMULATED online DeepConf, resampled."""
+    from deepconf.eval.compare import (
+        compare_policies,
+        comparison_markdown,
+        default_policies,
+        sweep_policies,
+    )
     from deepconf.eval.datasets import load_answers
     from deepconf.eval.replay import load_pools, online_grid, replay_scores
     from deepconf.eval.runner import parse_methods
+    from deepconf.eval.samples import (
+        is_gold_file,
+        is_samples_file,
+        load_gold_file,
+        load_samples,
+    )
     from deepconf.voting import OFFLINE_METHODS
 
     out = console()
     try:
         files, eval_dir = _trace_files(traces)
+        samples = [f for f in files if is_samples_file(f)]
+        answer_only = bool(samples)
+        if answer_only and len(samples) != len(files):
+            raise ConfigError(
+                "replay reads trace files or answer-only samples, not both at once: replay"
+                " them separately"
+            )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pools = load_pools(files)
+            pools = load_samples(samples) if answer_only else load_pools(files)
         for w in caught:
             note(str(w.message))
         source = answers or (str(eval_dir) if eval_dir else None)
@@ -118,9 +150,13 @@ def replay_command(
                 "no gold answers: pass --gold ANSWER (or ID=ANSWER), or --answers (an eval"
                 " folder or dataset spec)"
             )
-        golds = load_answers(source) if source is not None else {}
+        golds: dict[str, str] = {}
+        if source is not None:
+            golds = load_gold_file(source) if is_gold_file(source) else load_answers(source)
         golds.update(_inline_golds(gold or [], list(pools)))
         offline = [m for m in parse_methods(methods) if m in OFFLINE_METHODS]
+        if answer_only:  # samples have no confidences: only the plain count applies
+            offline = [m for m in offline if m == "majority"]
         smallest = min(len(p) for p in pools.values())
         b = budget if budget is not None else smallest
         if b > smallest:
@@ -129,7 +165,8 @@ def replay_command(
                 " those problems use their whole pool"
             )
         warmups = [int(w) for w in _floats(warmup, "--warmup")]
-        too_big = [w for w in warmups if not 1 <= w <= b]
+        # Samples replay no DeepConf sweep, so its warm-up sizes do not matter there.
+        too_big = [] if answer_only else [w for w in warmups if not 1 <= w <= b]
         if too_big:
             raise ConfigError(
                 f"--warmup {too_big[0]} does not fit the trace budget {b} (warm-up traces count"
@@ -137,6 +174,8 @@ def replay_command(
                 f" {b}): use a warm-up from 1 to {b}"
             )
         grid = online_grid(_floats(eta, "--eta"), _floats(tau, "--tau"), warmups, b, token_budget)
+        if answer_only:
+            grid = []  # DeepConf's threshold needs confidences
         scores = replay_scores(
             pools,
             golds,
@@ -147,15 +186,35 @@ def replay_command(
             seed=seed,
             window=window,
         )
+        policies = default_policies(answer_only=answer_only) + sweep_policies(
+            [n.strip() for n in sweep.split(",") if n.strip()], answer_only=answer_only
+        )
+        rows = compare_policies(
+            pools,
+            golds,
+            policies,
+            budget=b,
+            repeats=repeats,
+            seed=seed,
+            token_budget=token_budget,
+            window=window,
+        )
         title = f"replay: {len(pools)} problems, budget {b}, {repeats} orders each"
+        comparison = f"policies: {len(pools)} problems, {repeats} orders each (paired)\n\n"
+        comparison += comparison_markdown(rows, b)
         if output is None:
             out.print(rich_table(summarise(scores), title=title))
+            typer.echo("\n" + comparison)
         else:
             from deepconf.eval.runner import write_atomic
 
             write_report(output, scores, title, out)
             lines = "".join(json.dumps(s.to_dict()) + "\n" for s in scores)
             write_atomic(output / "scores.jsonl", lines)
+            write_atomic(output / "policies.md", comparison + "\n")
+            lines = "".join(json.dumps(r.to_dict()) + "\n" for r in rows)
+            write_atomic(output / "policies.jsonl", lines)
+            typer.echo("\n" + comparison)
     except DeepConfError as exc:
         raise fail(str(exc)) from None
 
