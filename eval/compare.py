@@ -64,26 +64,16 @@ def _sweep_beta_z() -> list[Policy]:
 
 
 def _sweep_deepconf() -> list[Policy]:
+    """DeepConf's keep percent and warm-up size, fixed and adaptive (from the 4th trace)."""
+    base = dataclasses.replace(named_policy("deepconf-high"), name="deepconf")
     out = []
     for eta in (10.0, 50.0, 90.0):
-        for w in (4, 8):
-            base = named_policy("deepconf-high")
-            out.append(
-                _with(
-                    base,
-                    f"η={eta:g}, W={w}, adaptive",
-                    warmup=AdaptiveWarmup(w, min(4, w)),
-                    filter=GroupThresholdPrune(eta),
-                )
-            )
-            out.append(
-                _with(
-                    base,
-                    f"η={eta:g}, W={w}",
-                    warmup=FixedWarmup(w),
-                    filter=GroupThresholdPrune(eta),
-                )
-            )
+        prune = GroupThresholdPrune(eta)
+        for w in (4, 8, 16):
+            out.append(_with(base, f"η={eta:g}, W={w}", warmup=FixedWarmup(w), filter=prune))
+        for w in (8, 16):  # an adaptive warm-up of 4 from the 4th is the fixed one
+            warm = AdaptiveWarmup(w, 4)
+            out.append(_with(base, f"η={eta:g}, W={w} adaptive", warmup=warm, filter=prune))
     return out
 
 
