@@ -44,6 +44,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)  # answered requests, seconds
     outcomes: Counter[str] = field(default_factory=Counter)  # ok, disconnected, 4xx, 5xx, ...
     retried_429: int = 0
+    reconnects: int = 0  # tries that met a kept-alive connection closed under them
 
 
 async def _through_serve(
@@ -52,30 +53,45 @@ async def _through_serve(
     body = {"model": MODEL, "messages": ASK, "stream": stream, "deepconf": {"budget": budget}}
     while True:
         started = time.perf_counter()
-        if stream:
-            async with http.stream("POST", "/v1/chat/completions", json=body) as r:
-                if r.status_code == 429:
-                    await r.aread()
-                else:
-                    outcome = await _read_stream(r, abandon)
-                    break
-        elif abandon:
-            try:
-                await asyncio.wait_for(http.post("/v1/chat/completions", json=body), ABANDON_PLAIN)
-                outcome = "ok"  # answered before the client gave up
-            except TimeoutError:
-                outcome = "disconnected"
+        try:
+            outcome = await _attempt(http, body, stream, abandon)
+        except httpx.TransportError:
+            # No answer: a kept-alive connection the server closed as it was reused (serve
+            # closes idle ones after --header-timeout, as uvicorn does). A client retries.
+            tally.reconnects += 1
+            continue
+        if outcome != "429":
             break
-        else:
-            r = await http.post("/v1/chat/completions", json=body)
-            if r.status_code != 429:
-                outcome = "ok" if r.status_code == 200 and "deepconf" in r.json() else _kind(r)
-                break
         tally.retried_429 += 1
         await asyncio.sleep(RETRY_429)
     tally.outcomes[outcome] += 1
     if outcome == "ok" and not abandon:
         tally.latencies.append(time.perf_counter() - started)
+
+
+async def _attempt(
+    http: httpx.AsyncClient, body: dict[str, object], stream: bool, abandon: bool
+) -> str:
+    """One try: "ok", "429", "disconnected" (abandoned), or what went wrong."""
+    if stream:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            if r.status_code == 429:
+                await r.aread()
+                return "429"
+            try:
+                return await _read_stream(r, abandon)
+            except httpx.TransportError:
+                return "cut"  # the stream broke after its headers: serve's fault
+    if abandon:
+        try:
+            await asyncio.wait_for(http.post("/v1/chat/completions", json=body), ABANDON_PLAIN)
+            return "ok"  # answered before the client gave up
+        except TimeoutError:
+            return "disconnected"
+    r = await http.post("/v1/chat/completions", json=body)
+    if r.status_code == 429:
+        return "429"
+    return "ok" if r.status_code == 200 and "deepconf" in r.json() else _kind(r)
 
 
 async def _read_stream(r: httpx.Response, abandon: bool) -> str:
@@ -105,9 +121,16 @@ async def _direct(
     body = {"model": MODEL, "messages": ASK, "stream": True, "logprobs": True, "top_logprobs": 20}
 
     async def trace(seed: int) -> None:
-        async with http.stream("POST", "/v1/chat/completions", json={**body, "seed": seed}) as r:
-            async for _ in r.aiter_bytes():
-                pass
+        while True:
+            try:
+                async with http.stream(
+                    "POST", "/v1/chat/completions", json={**body, "seed": seed}
+                ) as r:
+                    async for _ in r.aiter_bytes():
+                        pass
+                return
+            except httpx.TransportError:  # a kept-alive connection closed as it was reused
+                tally.reconnects += 1
 
     async with slots:
         started = time.perf_counter()
@@ -144,9 +167,12 @@ async def run_load(args: argparse.Namespace, up: Upstream, px: Served) -> dict[s
         rss_before = px.rss_mb()
         base = Tally()
         slots = asyncio.Semaphore(args.max_solves)
+        up_cpu = up.cpu_seconds()
         began = time.perf_counter()
         await _drive(args.clients, args.direct, lambda i: _direct(direct, args.budget, slots, base))
         base_wall = time.perf_counter() - began
+        cpu = {"direct upstream": up.cpu_seconds() - up_cpu}
+        up_cpu, px_cpu = up.cpu_seconds(), px.cpu_seconds()
         load = Tally()
         began = time.perf_counter()
         await _drive(
@@ -157,6 +183,8 @@ async def run_load(args: argparse.Namespace, up: Upstream, px: Served) -> dict[s
             ),
         )
         wall = time.perf_counter() - began
+        cpu["upstream"] = up.cpu_seconds() - up_cpu
+        cpu["serve"] = px.cpu_seconds() - px_cpu
     idle = _wait(lambda: px.health()["active_solves"] == 0)
     _wait(lambda: up.running() == 0)  # cancelled solves close their streams: give it time
     open_streams = up.running()
@@ -165,6 +193,7 @@ async def run_load(args: argparse.Namespace, up: Upstream, px: Served) -> dict[s
         "load": load,
         "wall": wall,
         "base_wall": base_wall,
+        "cpu": cpu,
         "rss_before": rss_before,
         "rss_after": px.rss_mb(),
         "idle": idle,
@@ -206,8 +235,20 @@ def report(args: argparse.Namespace, r: dict[str, object]) -> bool:
         print(f"  {label:28s} {p50:9.1f} {p99:9.1f} {rates[name]:7.1f}")
     added = (ms["serve"][0] - ms["direct"][0], ms["serve"][1] - ms["direct"][1])
     print(f"  {'added by serve':28s} {added[0]:9.1f} {added[1]:9.1f}")
+    cpu = r["cpu"]
+    assert isinstance(cpu, dict)
+    counts = {"direct upstream": args.direct, "upstream": args.requests, "serve": args.requests}
+    per = {k: cpu[k] / counts[k] * 1000 for k in counts}
+    print(
+        f"  CPU per request: serve {per['serve']:.1f} ms, upstream {per['upstream']:.1f} ms"
+        f" (direct: upstream {per['direct upstream']:.1f} ms)"
+    )
     print(f"  answered {load.outcomes['ok']}, disconnected {load.outcomes['disconnected']},")
     print(f"  429s {load.retried_429} (each retried), 5xx {fivexx}")
+    print(
+        f"  client retries on closed keep-alive connections: {load.reconnects} (direct:"
+        f" {base.reconnects})"
+    )
     others = {k: v for k, v in load.outcomes.items() if k not in ("ok", "disconnected")}
     if others:
         print(f"  other outcomes: {dict(others)}")

@@ -89,6 +89,11 @@ class _Process:
     def rss_mb(self) -> float:
         return rss_mb(self.proc.pid)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far (user + system, all threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_bytes(self) -> int:
         return os.fstat(self.log.fileno()).st_size
 
