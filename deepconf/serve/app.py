@@ -56,7 +56,7 @@ pruned, tokens, time.
     guard = ConnectionGuard()
     factory = lambda model, api, transport: OpenAIHttpBackend(config, transport=transport)
     app = create_app(factory, upstreams=[url], connections=guard)
-    uvicorn.run(app, port=8080, **guard.uvicorn_options())
+    run_server(app, guard, host="127.0.0.1", port=8080)  # deepconf.serve.connections
 """
 
 from __future__ import annotations
