@@ -113,3 +113,159 @@ def test_damaged_middle_line_raises_config_error_naming_the_line(tmp_path) -> No
     path.write_text('{"index": 1}\n')
     with pytest.raises(ConfigError, match=r"line 1.*not a deepconf trace record"):
         read_traces(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinned by mutation testing (.ci/mutation): each test below failed on a mutant of
+# deepconf/trace.py that every test above let through.
+
+
+def test_to_json_dict_writes_every_field_exactly() -> None:
+    """Every field goes to the file under its own name; elapsed is rounded to 4 decimals
+    and token confidences only when asked for."""
+    rec = TraceRecord(
+        index=7,
+        phase="warmup",
+        status=TraceStatus.TRUNCATED,
+        tokens=3,
+        token_confs=np.array([1.234567, 2.0, 3.00004]),
+        text="t",
+        reasoning="r",
+        answer="42",
+        metrics=None,
+        finish_reason="length",
+        error="boom",
+        seed=9,
+        pruned_at=None,
+        elapsed=0.123456,
+        threshold=None,
+        server_tokens=4,
+    )
+    want = {
+        "index": 7,
+        "phase": "warmup",
+        "status": "truncated",
+        "tokens": 3,
+        "answer": "42",
+        "metrics": None,
+        "threshold": None,
+        "pruned_at": None,
+        "finish_reason": "length",
+        "error": "boom",
+        "seed": 9,
+        "elapsed": 0.1235,
+        "server_tokens": 4,
+        "text": "t",
+        "reasoning": "r",
+    }
+    assert rec.to_json_dict(token_confs=False) == want
+    assert rec.to_json_dict() == {**want, "token_confs": [1.2346, 2.0, 3.0]}
+    back = TraceRecord.from_json_dict(json.loads(json.dumps(rec.to_json_dict())))
+    assert (back.finish_reason, back.error, back.server_tokens, back.elapsed) == (
+        "length",
+        "boom",
+        4,
+        0.1235,
+    )
+    assert back.status is TraceStatus.TRUNCATED and back.metrics is None
+
+
+def test_from_json_dict_fills_what_a_line_leaves_out() -> None:
+    """Only index, phase, status and tokens are required; the rest default as a fresh
+    record's do (an empty float64 confidence array, empty texts, no answer, 0 s)."""
+    rec = TraceRecord.from_json_dict(
+        {"index": "1", "phase": "online", "status": "pruned", "tokens": "3", "model": "m"}
+    )
+    assert (rec.index, rec.phase, rec.status, rec.tokens) == (1, "online", TraceStatus.PRUNED, 3)
+    assert rec.token_confs.dtype == np.float64 and rec.token_confs.shape == (0,)
+    assert (rec.text, rec.reasoning, rec.answer, rec.metrics) == ("", "", None, None)
+    assert (rec.finish_reason, rec.error, rec.seed, rec.pruned_at) == (None, None, None, None)
+    assert (rec.elapsed, rec.threshold, rec.server_tokens) == (0.0, None, None)
+    line = {"index": 1, "phase": "online", "status": "pruned", "tokens": 2, "token_confs": [1, 2]}
+    assert TraceRecord.from_json_dict(line).token_confs.dtype == np.float64  # ints in a file
+
+
+@pytest.mark.parametrize(
+    ("line", "cause"),
+    [
+        ({"index": 1, "phase": "online", "status": "paused", "tokens": 3}, "ValueError"),
+        ({"index": 1, "phase": "online", "tokens": 3}, "KeyError"),
+        (
+            {"index": 1, "phase": "online", "status": "pruned", "tokens": 3, "metrics": {"x": 1}},
+            "TypeError",
+        ),
+    ],
+    ids=["unknown-status", "no-status", "bad-metrics"],
+)
+def test_from_json_dict_refuses_a_line_that_is_no_record(line: dict, cause: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TraceRecord.from_json_dict(line)
+    assert str(info.value).startswith(f"not a deepconf trace record ({cause}: ")
+    assert str(info.value).endswith(
+        "; trace files are written by `deepconf solve --traces` / DeepConf(trace_path=...)"
+    )
+
+
+def test_writer_makes_missing_folders_keeps_a_given_formula_and_reopens(tmp_path) -> None:
+    """The trace file's folders are created; a formula in the metadata is kept (else the
+    current one is recorded); close() twice is harmless and a later write appends."""
+    path = tmp_path / "a" / "b" / "t.jsonl"
+    writer = TraceWriter(path, {**META, "formula": "older_formula"})
+    writer.write(_record(0))
+    handle = writer._file
+    writer.close()
+    assert handle is not None and handle.closed
+    writer.close()
+    writer.write(_record(1))
+    writer.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [d["index"] for d in lines] == [0, 1]
+    assert {d["formula"] for d in lines} == {"older_formula"}
+    assert TraceWriter(path, META).meta["formula"] == FORMULA
+
+
+def test_an_unwritable_trace_path_is_a_config_error(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(
+        ConfigError, match=r"^cannot write the trace file .*choose a writable path$"
+    ):
+        TraceWriter(blocker / "t.jsonl", META).open()
+
+
+def test_read_traces_skips_blank_lines_and_keeps_only_the_solve_metadata(tmp_path) -> None:
+    """Blank lines are skipped; `meta` holds exactly the solve's keys present on the line
+    (never the trace's own fields or unknown extras); a complete last line without its
+    newline is read, not dropped."""
+    line = {**META, "extra": 1, **_record(0).to_json_dict()}
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n  \n" + json.dumps(line) + "\n\n" + json.dumps({**line, "index": 1}))
+    stored = read_traces(path)
+    assert [s.record.index for s in stored] == [0, 1]
+    assert stored[0].meta == META
+
+
+def test_read_traces_names_the_line_and_the_problem(tmp_path) -> None:
+    """A line that is JSON but not an object, or a damaged line before a torn tail, is an
+    error naming its line (a torn tail excuses only itself); a missing file says so."""
+    path = tmp_path / "t.jsonl"
+    good = json.dumps({**META, **_record(0).to_json_dict()})
+    path.write_text(good + "\n[1, 2]\n")
+    with pytest.raises(ConfigError, match=r"t\.jsonl line 2 is not a JSON object$"):
+        read_traces(path)
+    path.write_text(good + "\n{not json\n" + good[:20])
+    with pytest.raises(ConfigError, match=r"t\.jsonl line 2 is not valid JSON: "):
+        read_traces(path)
+    with pytest.raises(ConfigError, match=r"^cannot read the trace file .*missing\.jsonl"):
+        read_traces(tmp_path / "missing.jsonl")
+
+
+def test_a_cut_off_last_line_after_a_blank_line_is_still_a_torn_tail(tmp_path) -> None:
+    """Only the file's end decides what a torn tail is: a cut-off last line is skipped with
+    a warning whatever precedes it, here a blank line."""
+    path = tmp_path / "t.jsonl"
+    good = json.dumps({**META, **_record(0).to_json_dict()})
+    path.write_text(good + "\n\n" + good[:20])
+    with pytest.warns(UserWarning, match="skipped a cut-off last line"):
+        stored = read_traces(path)
+    assert [s.record.index for s in stored] == [0]
