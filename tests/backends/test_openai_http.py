@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import socket
 import time
 
+import httpx
 import numpy as np
 import pytest
 from support.scripted_server import CONFIDENT, Script, ScriptedServer, scripted_server
@@ -433,3 +436,278 @@ def test_stream_benchmark_paths_agree():
     rows = bench(n_tokens=60, per_chunk=3, window=16, repeats=1)
     assert len(rows) == 6 and all(r.tokens_per_s > 0 for r in rows)
     assert len({round(r.lowest, 9) for r in rows}) == 1
+
+
+# --- pinned by mutation testing (.ci/mutation) ---------------------------------------------------
+# Each test below failed on a mutant of backends/openai_http.py that every test above let through.
+
+
+async def test_request_bodies_carry_every_sampling_field(scripted_server):
+    """The whole body, key by key, for both APIs: stream with usage, n=1, the sampling
+    settings as given, k in each API's own field; no seed, top_k or stop unless set."""
+    sampling = SamplingConfig(temperature=0.3, top_p=0.7, max_tokens=50)
+    req = TraceRequest(0, "What is 3+4?", sampling, top_logprobs=4)
+    for api in ("chat", "completions"):
+        backend = backend_for(scripted_server, model="m", api=api, probe=False)
+        await collect(backend, req)
+        await backend.aclose()
+    chat, comp = (s.body for s in scripted_server.streams)
+    common = {
+        "model": "m",
+        "stream": True,
+        "n": 1,
+        "max_tokens": 50,
+        "temperature": 0.3,
+        "top_p": 0.7,
+        "stream_options": {"include_usage": True},
+    }
+    assert chat == {
+        **common,
+        "messages": [{"role": "user", "content": "What is 3+4?"}],
+        "logprobs": True,
+        "top_logprobs": 4,
+    }
+    assert comp == {**common, "prompt": "What is 3+4?", "logprobs": 4}
+    headers = scripted_server.streams[0].headers
+    assert headers["content-type"] == "application/json"
+
+
+async def test_chat_messages_keep_a_given_system_prompt_and_need_roles(scripted_server):
+    """Messages are sent as given; the configured system prompt is put first only when the
+    messages have none; a message without a role is refused before any request."""
+    backend = backend_for(scripted_server, model="m", probe=False)
+    own = [{"role": "system", "content": "Mine."}, {"role": "user", "content": "hi"}]
+    await collect(backend, request(prompt=own, system="Theirs."))
+    assert scripted_server.streams[-1].body["messages"] == own
+    await collect(backend, request(prompt=[{"role": "user", "content": "hi"}], system="S."))
+    assert scripted_server.streams[-1].body["messages"] == [
+        {"role": "system", "content": "S."},
+        {"role": "user", "content": "hi"},
+    ]
+    sent = len(scripted_server.requests)
+    with pytest.raises(ConfigError, match=r"chat messages need a 'role' and 'content', got"):
+        await collect(backend, request(prompt=[{"content": "no role"}]))
+    assert len(scripted_server.requests) == sent
+    await backend.aclose()
+
+
+async def test_completions_refuse_a_system_prompt(scripted_server):
+    backend = backend_for(scripted_server, model="m", api="completions", probe=False)
+    with pytest.raises(ConfigError, match="a system prompt needs --api chat"):
+        await collect(backend, request(prompt="raw", system="Be brief."))
+    await backend.aclose()
+    assert scripted_server.streams == []
+
+
+@pytest.mark.parametrize(("rps", "rate", "period"), [(10.0, 10, 1.0), (2.5, 2, 0.8), (0.5, 1, 2.0)])
+async def test_requests_per_second_becomes_a_whole_count_per_period(
+    scripted_server, rps, rate, period
+):
+    """The throttler takes a whole number of requests per period: 2.5/s is 2 per 0.8 s,
+    0.5/s is 1 per 2 s (never 0 per period)."""
+    backend = backend_for(scripted_server, model="m", probe=False, requests_per_second=rps)
+    await backend.open()
+    assert (backend._throttler.rate_limit, backend._throttler.period) == (rate, period)
+    await backend.aclose()
+
+
+async def test_open_is_done_once_and_undone_by_a_failure_or_aclose(scripted_server):
+    """open() probes once however often it is called; a failed open() leaves no client
+    behind (the next call tries again); aclose() forgets what the probe learnt."""
+    backend = backend_for(scripted_server)
+    await backend.open()
+    await backend.open()
+    assert len(scripted_server.streams) == 1 and backend._ok_k == 20
+    await backend.aclose()
+    assert (backend._client, backend._ok_k) == (None, 0)
+    scripted_server.default = Script.from_text(TEXT, logprobs=False)
+    with pytest.raises(CapabilityError):
+        await backend.open()
+    assert backend._client is None
+    scripted_server.default = Script.from_text(TEXT)
+    await backend.open()  # the server was fixed: opens now
+    assert backend._ok_k == 20
+    await backend.aclose()
+
+
+async def test_a_smaller_k_needs_no_new_probe_and_a_larger_one_does(scripted_server):
+    backend = backend_for(scripted_server, top_logprobs=5)
+    await backend.open()
+    await collect(backend, request(k=3))
+    await collect(backend, request(k=5))
+    assert (
+        sum(
+            s.seed is None and s.body.get("max_tokens") == PROBE_TOKENS
+            for s in scripted_server.streams
+        )
+        == 1
+    )
+    await collect(backend, request(k=8))
+    probes = [s for s in scripted_server.streams if s.body.get("max_tokens") == PROBE_TOKENS]
+    assert [p.body["top_logprobs"] for p in probes] == [5, 8]
+    await backend.aclose()
+
+
+async def test_model_discovery_tries_each_base_url_and_reports_each_failure():
+    """The first base URL that lists a model names it; when none does, the error quotes
+    what each one said, in order, and says to pass --model."""
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with ScriptedServer(model="") as nameless, ScriptedServer(model="real") as named:
+        backend = backend_for(nameless, named, probe=False)
+        await backend.open()
+        assert backend.model == "real"
+        await backend.aclose()
+        cfg = HttpBackendConfig(base_urls=[dead, nameless.base_url], probe=False)
+        with pytest.raises(ConfigError) as info:
+            await OpenAIHttpBackend(cfg).open()
+    said = str(info.value)
+    assert said.startswith(f"could not discover the model name (cannot connect to {dead} (")
+    assert said.endswith(
+        f"; {nameless.base_url}/models lists no model: "
+        + repr('{"object": "list", "data": [{"id": ""}]}')
+        + "): pass --model"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_a_retry_that_would_end_past_the_trace_deadline_is_not_made(scripted_server):
+    """With a 0.5 s trace limit and a first backoff of at least 5 s (10 s base, jitter >=
+    0.5), a 503 is raised at once: one request, no sleep past the deadline."""
+    backend = backend_for(
+        scripted_server, model="m", probe=False, trace_timeout=0.5, backoff_base=10.0
+    )
+    scripted_server.fail_next(503)
+    with pytest.raises(ServerError, match="503"):
+        await collect(backend, request())
+    await backend.aclose()
+    assert len(scripted_server.requests) == 1
+
+
+async def test_a_retry_goes_to_another_endpoint():
+    """The endpoint that failed is avoided on the retry when another is healthy, even
+    though both are idle (least in flight would pick the first again)."""
+    with ScriptedServer() as a, ScriptedServer() as b:
+        a.fail_next(503)
+        backend = backend_for(a, b, model="m", probe=False)
+        batches = await collect(backend, request())
+        await backend.aclose()
+        assert [len(a.requests), len(b.requests)] == [1, 1]
+        assert a.streams == [] and len(b.streams) == 1
+    assert any(batch.finish_reason == "stop" for batch in batches)
+
+
+async def test_failures_are_counted_by_kind_in_the_closing_summary(scripted_server, caplog):
+    """429s are counted as rate limits, 5xx as the server failing; a 4xx is the request's
+    fault, not the endpoint's, and is not counted; aclose() logs one line per server."""
+    backend = backend_for(scripted_server, model="m", probe=False, max_retries=3)
+    scripted_server.fail_next(429, retry_after=0)
+    scripted_server.fail_next(503)
+    await collect(backend, request())
+    scripted_server.fail_next(400)
+    with pytest.raises(RequestRejectedError):
+        await collect(backend, request())
+    with caplog.at_level(logging.WARNING, logger="deepconf.backends.openai_http"):
+        await backend.aclose()
+    url = scripted_server.base_url
+    assert [r.getMessage() for r in caplog.records if "failed request" in r.getMessage()] == [
+        f"{url}: 2 failed request(s) (rate limited (429) 1, server error (5xx) 1)"
+    ]
+
+
+async def test_retries_are_logged_once_per_server_then_quietly(scripted_server, caplog):
+    """The first retry against a server is a warning naming the trace; later ones are
+    debug lines (the summary at aclose() counts them all)."""
+    backend = backend_for(scripted_server, model="m", probe=False)
+    scripted_server.fail_next(503)
+    scripted_server.fail_next(503)
+    with caplog.at_level(logging.DEBUG, logger="deepconf.backends.openai_http"):
+        await collect(backend, TraceRequest(3, "q", SamplingConfig(), top_logprobs=20))
+    retries = [(r.levelno, r.getMessage()) for r in caplog.records if "retrying" in r.getMessage()]
+    assert [level for level, _ in retries] == [logging.WARNING, logging.DEBUG]
+    assert retries[0][1].startswith("retrying trace 3 in ")
+    assert retries[0][1].endswith(
+        f"s: {scripted_server.base_url} failed with HTTP 503: scripted failure 503"
+    )
+    await backend.aclose()
+
+
+async def test_a_stream_cut_by_done_names_the_interrupt_only_while_others_are_in_flight(
+    scripted_server,
+):
+    """[DONE] without a finish reason fails the trace; the llama-cpp-python hint appears
+    when another stream to the server was open at the time, not otherwise."""
+    scripted_server.by_seed = {
+        1: Script.from_text(TEXT * 4, stall_after=1),  # stays open until closed
+        2: Script.from_text(TEXT, finish_reason=None),
+    }
+    backend = backend_for(scripted_server, model="m", probe=False)
+    with pytest.raises(StreamError, match=r"\(a server or proxy cut the trace short\)$"):
+        await collect(backend, request(seed=2))
+    async with contextlib.aclosing(backend.stream(request(seed=1))) as held:
+        await anext(held)  # trace 1 is in flight from here on
+        with pytest.raises(StreamError, match="--interrupt_requests false"):
+            await collect(backend, request(seed=2))
+    await backend.aclose()
+
+
+@pytest.mark.parametrize("finish", ["stop", None])
+async def test_a_stream_that_closes_without_done_counts_only_with_a_finish_reason(
+    scripted_server, finish
+):
+    """A body that just ends (no [DONE]) after the last token: with a finish reason the
+    trace counts; without one it is a cut, named as such."""
+    scripted_server.default = Script.from_text(TEXT, finish_reason=finish, end="close")
+    backend = backend_for(scripted_server, model="m", probe=False)
+    if finish is None:
+        with pytest.raises(StreamError, match="without a finish reason or \\[DONE\\]"):
+            await collect(backend, request())
+    else:
+        batches = await collect(backend, request())
+        assert [b.finish_reason for b in batches if b.finish_reason] == ["stop"]
+    await backend.aclose()
+
+
+def sse_body(*chunks: dict, last_terminated: bool = True) -> bytes:
+    events = [b"data: " + json.dumps(c).encode() for c in chunks]
+    return b"\n\n".join(events) + (b"\n\n" if last_terminated else b"")
+
+
+def chat_token(text: str, finish: str | None = None) -> dict:
+    top = [{"token": text, "logprob": v} for v in CONFIDENT[:4]]
+    entry = {"token": text, "logprob": CONFIDENT[0], "top_logprobs": top}
+    choice = {"index": 0, "delta": {"content": text}, "logprobs": {"content": [entry]}}
+    return {"choices": [{**choice, "finish_reason": finish}]}
+
+
+async def test_an_unterminated_last_event_is_still_read_when_the_body_ends():
+    """A server that closes right after its last event's data line, without the blank line
+    that ends an event: that event (here the last token with the finish reason) is read at
+    the end of the body, so the trace counts. Byte-exact, hence httpx.MockTransport."""
+    body = sse_body(chat_token("The"), chat_token(" end", "stop"), last_terminated=False)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    cfg = HttpBackendConfig(base_urls=["http://mock/v1"], model="m", probe=False)
+    backend = OpenAIHttpBackend(cfg, transport=httpx.MockTransport(handler))
+    batches = await collect(backend, TraceRequest(0, "q", SamplingConfig(), top_logprobs=4))
+    await backend.aclose()
+    lp, text, _ = joined(batches)
+    assert (lp.shape, text) == ((2, 4), "The end")
+    assert [b.finish_reason for b in batches] == [None, "stop"]
+
+
+async def test_a_stream_that_confirms_k_spares_later_traces_the_check(scripted_server):
+    """Unprobed (--no-probe), the first trace's typical position confirms k; from then on
+    the backend knows k is served, as if a probe had said so."""
+    scripted_server.default = Script.from_text(TEXT * 3)
+    backend = backend_for(scripted_server, model="m", probe=False)
+    assert backend._ok_k == 0
+    await collect(backend, request(k=20))
+    assert backend._ok_k == 20
+    await backend.aclose()

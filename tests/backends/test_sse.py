@@ -366,3 +366,80 @@ def test_fast_decoder_matches_reference(case):
     fast path and the json reference agree exactly."""
     k, payloads = case
     assert_same(decode_payloads(payloads, k), decode_payloads_reference(payloads, k))
+
+
+# --- pinned by mutation testing (.ci/mutation) ---------------------------------------------------
+# Each test below failed on a mutant of backends/sse.py that every test above let through.
+
+
+@pytest.mark.parametrize(
+    ("obj", "said"),
+    [
+        ({"error": {"code": 500}}, "unspecified error"),
+        ({"error": {"type": "InternalServerError"}}, "InternalServerError"),
+        ({"object": "error", "code": 400}, "unspecified error"),
+    ],
+)
+def test_an_error_object_without_a_message_still_fails_the_stream(obj, said):
+    """An in-stream error with no message is still an error: the trace fails, quoting what
+    the server did say (its type), else 'unspecified error'. Never skipped as a no-op chunk."""
+    with pytest.raises(StreamError) as info:
+        decode_payloads([json.dumps(obj).encode()], K)
+    assert str(info.value) == f"the server reported an error mid-stream: {said}"
+
+
+def nan_chunk(n_before: int, *, completions: bool = False) -> dict:
+    """One chunk of n_before good tokens, then a token with NaN among its top logprobs."""
+    if completions:
+        tokens = [(" ok", {"a": -0.1})] * n_before + [(" bad", {"a": -0.1, "b": math.nan})]
+        return completion_chunk(tokens)
+    return chat_chunk([("ok", [-0.1])] * n_before + [("bad", [-0.1, math.nan])])
+
+
+@pytest.mark.parametrize("completions", [False, True], ids=["chat", "completions"])
+def test_nan_in_a_read_of_several_payloads_names_its_absolute_token(completions):
+    """In a read of several payloads, one of them with a NaN literal (not JSON: decoded one
+    by one), the message names the token counted over the stream: 10 before this read, 2 in
+    an earlier payload of it (role and other-choice chunks count none), then the NaN's
+    position in its own chunk (2nd)."""
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None}]}
+    other = chat_chunk([("x", TOPS)] * 3, index=1)  # another choice: never counted (n=1)
+    earlier = chat_chunk([("a", TOPS), ("b", TOPS)])
+    if completions:
+        earlier = completion_chunk([(" a", {"a": -0.1}), (" b", {"a": -0.2})])
+    payloads = [json.dumps(o).encode() for o in (role, other, earlier)]
+    payloads.append(json.dumps(nan_chunk(1, completions=completions)).encode())
+    with pytest.raises(StreamError, match="NaN as a logprob at token 14:"):
+        decode_payloads(payloads, K, offset=10)
+
+
+def test_nan_is_looked_for_in_choice_zero_only_and_past_other_choices():
+    """The NaN check reads choice 0, as decoding does: a NaN in another choice (which n=1
+    never produces) is ignored, and a choice listed before choice 0 does not hide choice 0's
+    NaN."""
+    good = chat_chunk([("a", TOPS)])["choices"][0]
+    bad = nan_chunk(0)["choices"][0]
+    only_other_bad = {"choices": [{**bad, "index": 1}, good]}
+    out = decode_payloads([json.dumps(only_other_bad).encode()], K)
+    assert out.top_logprobs.tolist() == [TOPS]
+    zero_bad = {"choices": [{**good, "index": 1}, bad]}
+    with pytest.raises(StreamError, match="NaN as a logprob at token 1:"):
+        decode_payloads([json.dumps(zero_bad).encode()], K)
+    no_logprobs = {"choices": [{"index": 0, "text": "a", "logprobs": None}], "x": math.nan}
+    assert decode_payloads([json.dumps(no_logprobs).encode()], K).unscored == "a"
+
+
+def test_sizes_in_messages_switch_to_mib_at_exactly_one_mib():
+    """The limit message says what was seen and the limit, in bytes below 1 MiB and in MiB
+    from 1 MiB on, then what to do about it, word for word."""
+    for limit, shown in ((2**20, "1.0 MiB"), (2**20 - 1, "1,048,575 bytes")):
+        with pytest.raises(StreamError) as info:
+            SSEDecoder(limit).feed(b"x" * (limit + 1))
+        seen = "1.0 MiB" if limit + 1 >= 2**20 else f"{limit + 1:,} bytes"
+        assert str(info.value) == (
+            f"the server sent a line of {seen} or more, past the limit of {shown} per event:"
+            " not an event stream, or events larger than expected; raise --max-event-mb if the"
+            " server really sends events that large"
+        )
+    with pytest.raises(StreamError, match=r"a line of 1\.5 MiB or more, past the limit of 1\.0 M"):
+        SSEDecoder(2**20).feed(b"x" * (3 * 2**19))

@@ -1,0 +1,200 @@
+"""What the controller records of each trace and says when it gives up (deepconf/controller.py).
+
+Pinned by mutation testing (.ci/mutation): the trace file's metadata, record fields the other
+controller tests never looked at (reasoning, usage, threshold, finish reason), why a stream
+that ended quietly still fails, and the words of `give_up` for every kind of failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from support.fake_backend import FakeBackend, Script, make_config
+
+from deepconf.backend import TokenBatch, TraceRequest
+from deepconf.controller import DeepConf, give_up
+from deepconf.errors import (
+    BackendError,
+    CapabilityError,
+    ConnectError,
+    RateLimitedError,
+    RequestRejectedError,
+    ServerError,
+    StreamError,
+)
+from deepconf.trace import FORMULA, TraceStatus, read_traces
+
+
+@dataclass
+class BatchBackend:
+    """Plays the same TokenBatch list for every trace (the FakeBackend has no reasoning or
+    usage channel)."""
+
+    batches: list[TokenBatch]
+    model: str = "batch-model"
+    requests: list[TraceRequest] = field(default_factory=list)
+
+    async def open(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
+        self.requests.append(request)
+        for batch in self.batches:
+            yield batch
+
+
+def rows(n: int, conf: float = 15.0, k: int = 4) -> np.ndarray:
+    return np.full((n, k), -conf)
+
+
+async def test_the_trace_file_repeats_the_solves_settings_on_every_line(tmp_path) -> None:
+    """Each line carries exactly the solve's metadata: what replay needs to re-threshold it
+    (k, window, tail, bottom fraction, formula, sampling) and where it came from."""
+    path = tmp_path / "t.jsonl"
+    cfg = make_config(warmup=2, budget=3, variant="high", sampling={"seed": 5, "max_tokens": 99})
+    fake = FakeBackend(default=Script(conf=15.0, answer="1"))
+    result = await DeepConf(fake, cfg, trace_path=path).solve("q", problem_id="p-9")
+    assert result.problem_id == "p-9"
+    metas = [s.meta for s in read_traces(path)]
+    assert len(metas) == len(result.traces) >= 2
+    assert metas[0] == {
+        "problem_id": "p-9",
+        "model": "fake-model",
+        "mode": "online",
+        "variant": "high",
+        "sampling": cfg.sampling.model_dump(mode="json"),
+        "k": cfg.confidence.top_logprobs,
+        "window": 4,
+        "tail": 4,
+        "bottom_fraction": cfg.confidence.bottom_fraction,
+        "formula": FORMULA,
+    }
+    assert all(m == metas[0] for m in metas)
+
+
+async def test_records_keep_reasoning_usage_and_the_finish_reason() -> None:
+    """A record holds the reasoning apart from the text, the completion tokens the server
+    reported (here one more than scored: the end token) and the finish reason."""
+    backend = BatchBackend(
+        [
+            TokenBatch(rows(2), reasoning="Three plus four. "),
+            TokenBatch(rows(2), text="It is ", reasoning="Seven."),
+            TokenBatch(rows(1), text="\\boxed{7}", finish_reason="stop"),
+            TokenBatch(np.empty((0, 4)), usage={"prompt_tokens": 3, "completion_tokens": 6}),
+        ]
+    )
+    result = await DeepConf(backend, make_config(warmup=1, budget=1, window=2)).solve("q")
+    (t,) = result.traces
+    assert t.status is TraceStatus.COMPLETED
+    assert (t.text, t.reasoning) == ("It is \\boxed{7}", "Three plus four. Seven.")
+    assert (t.answer, t.tokens, t.server_tokens, t.finish_reason) == ("7", 5, 6, "stop")
+    assert (t.error, t.seed, t.pruned_at) == (None, None, None)
+    assert t.elapsed >= 0.0
+
+
+async def test_online_records_carry_the_threshold_they_ran_under() -> None:
+    fake = FakeBackend(default=lambda i: Script(conf=15.0, answer=str(i % 3)))  # no consensus
+    result = await DeepConf(fake, make_config(warmup=3, budget=5, variant="high")).solve("q")
+    phases = [t.phase for t in result.traces]
+    assert phases == ["warmup"] * 3 + ["online"] * 2
+    assert result.threshold is not None
+    for t in result.traces:
+        assert t.threshold == (None if t.phase == "warmup" else result.threshold)
+
+
+async def test_an_answer_only_in_the_reasoning_still_counts_but_the_text_wins() -> None:
+    only_reasoning = BatchBackend(
+        [TokenBatch(rows(3), reasoning="So \\boxed{5}.", finish_reason="stop")]
+    )
+    result = await DeepConf(only_reasoning, make_config(warmup=1, budget=1)).solve("q")
+    assert result.traces[0].answer == "5"
+    both = BatchBackend(
+        [TokenBatch(rows(3), text="\\boxed{6}", reasoning="\\boxed{5}", finish_reason="stop")]
+    )
+    result = await DeepConf(both, make_config(warmup=1, budget=1)).solve("q")
+    assert result.traces[0].answer == "6"
+
+
+@pytest.mark.parametrize(
+    ("batches", "error"),
+    [
+        (
+            [TokenBatch(rows(3), text="\\boxed{1}")],
+            "the stream ended after 3 tokens without a finish reason: the backend cut the"
+            " trace short, so it is not counted",
+        ),
+        (
+            [TokenBatch(np.empty((0, 4)), text="\\boxed{1}", finish_reason="stop")],
+            "the stream ended (finish reason 'stop') before any token with logprobs arrived:"
+            " there is nothing to score, so the trace is not counted",
+        ),
+    ],
+    ids=["no-finish-reason", "no-token"],
+)
+async def test_a_stream_that_ends_quietly_without_what_counts_fails(batches, error) -> None:
+    """Whatever the backend: no finish reason, or no scored token, is a failed trace with
+    no answer, and a solve made only of such traces gives up saying why."""
+    backend = BatchBackend(batches)
+    with pytest.raises(StreamError) as info:
+        await DeepConf(backend, make_config(warmup=1, budget=2)).solve("q")
+    assert str(info.value) == (
+        f"2 traces failed in a row, so deepconf gave up; the first error was: {error}."
+        " Its streams are broken: run `deepconf doctor --base-url URL` to see what it sends."
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        (CapabilityError("short k."), "Fix the server's logprobs as the error says, then retry."),
+        (
+            RateLimitedError("429", 4.0),
+            "The server kept rate limiting: lower --concurrency or set --rps.",
+        ),
+        (
+            ConnectError("refused"),
+            "The server is unreachable: start it or fix --base-url, then retry.",
+        ),
+        (ServerError("503"), "The server keeps failing (HTTP 5xx): its log says why."),
+        (
+            RequestRejectedError("400", 400),
+            "The server refuses the request itself: see its reason above.",
+        ),
+        (
+            StreamError("cut"),
+            "Its streams are broken: run `deepconf doctor --base-url URL` to see what it sends.",
+        ),
+        (BackendError("odd"), "See the error above, then retry."),
+    ],
+    ids=lambda x: type(x).__name__ if isinstance(x, BaseException) else "",
+)
+def test_give_up_names_the_first_error_and_advises_on_its_kind(error, advice) -> None:
+    """One failure: 'a trace failed'; the first error's message without its final period,
+    then the advice for its kind; the error keeps its type (and a 429 its Retry-After)."""
+    err = give_up([error])
+    assert type(err) is type(error)
+    first = str(error).rstrip(".")
+    assert (
+        str(err) == f"a trace failed, so deepconf gave up; the first error was: {first}. {advice}"
+    )
+    if isinstance(error, RateLimitedError):
+        assert err.retry_after == 4.0
+
+
+def test_give_up_advises_on_the_most_common_kind_but_keeps_the_first_errors_type() -> None:
+    """A streak of one stream error then two connect errors: the advice is the connect
+    error's (the commonest), the message and the type are the first error's."""
+    err = give_up([StreamError("cut"), ConnectError("refused"), ConnectError("refused")])
+    assert type(err) is StreamError
+    assert str(err) == (
+        "3 traces failed in a row, so deepconf gave up; the first error was: cut. The server"
+        " is unreachable: start it or fix --base-url, then retry."
+    )
+    mixed = give_up([ServerError("5xx"), BackendError("x"), BackendError("y")])
+    assert str(mixed).endswith("the first error was: 5xx. See the error above, then retry.")
