@@ -33,6 +33,7 @@ from deepconf.errors import (
     BackendError,
     CapabilityError,
     ConnectError,
+    DeepConfError,
     RateLimitedError,
     RequestRejectedError,
     ServerError,
@@ -176,10 +177,14 @@ class SolveRun:
                 policy = run_offline if self.config.mode == "offline" else run_online
                 result = await policy(self)
         except BaseExceptionGroup as group:
-            # Trace tasks record their own errors, so a group here holds one unexpected
-            # error; surface it plainly rather than as a group.
+            # Trace tasks record their own errors, so a group here holds unexpected ones
+            # (e.g. a user's answer pattern timing out in several traces at once): surface
+            # the first deepconf error plainly, as the CLI, serve and the API expect.
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
+            first = next((e for e in group.exceptions if isinstance(e, DeepConfError)), None)
+            if first is not None:
+                raise first from group
             raise
         if self.fatal is not None:
             raise self.fatal
@@ -291,6 +296,11 @@ class SolveRun:
             # will be replaced; the solve goes on (a streak of failures stops it).
             st.status = TraceStatus.FAILED
             st.error = exc if isinstance(exc, BackendError) else StreamError(_described(exc))
+            if isinstance(exc, DeepConfError) and not isinstance(exc, BackendError):
+                # The user's input (a setting, an answer pattern): every trace would fail
+                # the same way, so the solve ends with it, this trace recorded first.
+                self._finish(st)
+                raise
         if st.status is None:
             st.error = _unfinished(st)
             if st.error is not None:

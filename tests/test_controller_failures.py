@@ -116,3 +116,17 @@ async def test_a_raising_progress_callback_does_not_sink_the_solve(caplog) -> No
     result = await DeepConf(fake, make_config(), on_progress=on_progress).solve("q")
     assert result.answer == "3" and len(calls) == 1
     assert "on_progress raised" in caplog.text
+
+
+async def test_several_traces_raising_a_deepconf_error_surface_the_first_plainly() -> None:
+    """An error that escapes several trace tasks at once (not a backend failure, which the
+    traces record) reaches the caller as that deepconf error, not an exception group."""
+    from deepconf.errors import ConfigError
+
+    class Refusing(FakeBackend):
+        def stream(self, request):  # every trace raises outside the stream, all at once
+            raise ConfigError(f"pattern timed out in trace {request.index}")
+
+    fake = Refusing(default=lambda i: Script(fail_at=0, error=StreamError("unused")))
+    with pytest.raises(ConfigError, match="pattern timed out in trace"):
+        await DeepConf(fake, make_config(budget=4, warmup=2, concurrency=2)).solve("q")
