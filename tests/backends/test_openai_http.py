@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import time
 
@@ -711,3 +712,78 @@ async def test_a_stream_that_confirms_k_spares_later_traces_the_check(scripted_s
     await collect(backend, request(k=20))
     assert backend._ok_k == 20
     await backend.aclose()
+
+
+async def test_completions_refusals_say_what_to_do_word_for_word(scripted_server):
+    backend = backend_for(scripted_server, model="m", api="completions", probe=False)
+    with pytest.raises(ConfigError) as info:
+        await collect(backend, request(prompt=[{"role": "user", "content": "hi"}]))
+    assert str(info.value) == (
+        "the completions API takes a raw prompt string, not chat messages: use --api chat, or"
+        " pass a prompt already rendered with the model's chat template"
+    )
+    with pytest.raises(ConfigError) as info:
+        await collect(backend, request(prompt="raw", system="Be brief."))
+    assert str(info.value) == (
+        "a system prompt needs --api chat; with --api completions put it in the raw prompt"
+    )
+    await backend.aclose()
+
+
+async def test_rate_limits_never_take_an_endpoint_out_of_the_rotation():
+    """Three 429s in a row from one of two servers (each trace's retry goes to the other):
+    the busy server still gets the next trace, since a 429 says busy, not unwell."""
+    with ScriptedServer() as a, ScriptedServer() as b:
+        backend = backend_for(a, b, model="m", probe=False)
+        for _ in range(3):
+            a.fail_next(429, retry_after=0)
+            await collect(backend, request())
+        assert (len(a.streams), len(b.streams)) == (0, 3)
+        await collect(backend, request())
+        await backend.aclose()
+        assert (len(a.streams), len(b.streams)) == (1, 3)
+
+
+async def test_leaving_the_rotation_is_logged_with_the_cause_only_when_there_is_another(
+    scripted_server, caplog
+):
+    """With a live second server, a dead one leaving the rotation is logged once with the
+    count, the cause and the cooldown; with a single server there is nowhere else to go, so
+    nothing is said about a rotation."""
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    cfg = HttpBackendConfig(base_urls=[dead, scripted_server.base_url], model="m", probe=False)
+    backend = OpenAIHttpBackend(cfg.model_copy(update={"backoff_base": 0.001}))
+    with caplog.at_level(logging.WARNING, logger="deepconf.backends.openai_http"):
+        for i in range(4):
+            await collect(backend, request(seed=i))
+        await backend.aclose()
+    left = [r.getMessage() for r in caplog.records if "left the rotation after" in r.getMessage()]
+    assert len(left) == 1
+    assert re.fullmatch(
+        rf"{re.escape(dead)} left the rotation after 3 failures in a row \(cannot connect to"
+        rf" {re.escape(dead)} \(.+\): start the server or fix --base-url\); a trace probes it"
+        r" again in 5s",
+        left[0],
+    )
+    caplog.clear()
+    alone = HttpBackendConfig(base_urls=[dead], model="m", probe=False, max_retries=3)
+    backend = OpenAIHttpBackend(alone.model_copy(update={"backoff_base": 0.001}))
+    with caplog.at_level(logging.WARNING, logger="deepconf.backends.openai_http"):
+        with pytest.raises(ConnectError):
+            await collect(backend, request())
+        await backend.aclose()
+    assert not any("left the rotation after" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_stalled_stream_says_so_word_for_word(scripted_server):
+    """A server that sends two tokens and then nothing (the connection open) fails the trace
+    once the token deadline passes, with the message that names the flag."""
+    scripted_server.default = Script.from_text(TEXT, stall_after=2)
+    backend = backend_for(scripted_server, model="m", probe=False, token_timeout=0.2)
+    with pytest.raises(StreamError) as info:
+        await collect(backend, request())
+    await backend.aclose()
+    assert str(info.value) == (
+        f"no token from {scripted_server.base_url} for 0.2 s after 2 tokens (--timeout): the"
+        " server stalled (keep-alive comments and empty events do not count as progress)"
+    )

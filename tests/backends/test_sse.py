@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -443,3 +444,115 @@ def test_sizes_in_messages_switch_to_mib_at_exactly_one_mib():
         )
     with pytest.raises(StreamError, match=r"a line of 1\.5 MiB or more, past the limit of 1\.0 M"):
         SSEDecoder(2**20).feed(b"x" * (3 * 2**19))
+
+
+def test_done_alone_in_a_read_is_seen():
+    """A read that carries only `data: [DONE]` (or [DONE] and anything after it) reports
+    done, with nothing decoded: the stream ended properly."""
+    for payloads in ([b"[DONE]"], [b"[DONE]", json.dumps(chat_chunk([("a", TOPS)])).encode()]):
+        out = decode_payloads(payloads, K)
+        assert out.done is True and out.top_logprobs.shape == (0, K) and out.text == ""
+
+
+def test_k_of_one_is_a_logprob_per_position_not_an_empty_row():
+    """--top-logprobs 1: one entry per position is all that was asked, and no row is empty."""
+    payloads = [json.dumps(chat_chunk([("a", [-0.5]), ("b", [-0.1])])).encode()]
+    out = decode_payloads(payloads, 1)
+    assert out.top_logprobs.tolist() == [[-0.5], [-0.1]] and out.empty_rows == 0
+    missing = [json.dumps(chat_chunk([("a", [-0.5]), ("b", [])])).encode()]
+    assert decode_payloads(missing, 1).empty_rows == 1
+
+
+def test_an_unreadable_payload_is_quoted_up_to_200_characters_whatever_its_bytes():
+    """The message shows the payload's start, invalid UTF-8 replaced, never more than 200
+    characters."""
+    with pytest.raises(StreamError) as info:
+        decode_payloads([b"\xff\xfe{not json"], K)
+    assert re.fullmatch(
+        r"the server sent an unreadable stream chunk \(.+\): '\ufffd\ufffd\{not json'",
+        str(info.value),
+    )
+    with pytest.raises(StreamError) as info:
+        decode_payloads([b"{" + b"x" * 300], K)
+    assert str(info.value).endswith(": '{" + "x" * 199 + "'")
+
+
+def test_a_nan_message_says_the_trace_cannot_be_scored():
+    """Word for word, the token counted from the stream's start (no offset given: 1)."""
+    with pytest.raises(StreamError) as info:
+        decode_payloads([json.dumps(nan_chunk(0)).encode()], K)
+    assert str(info.value) == (
+        "the server sent NaN as a logprob at token 1: its logprobs are broken, so this trace"
+        " cannot be scored"
+    )
+
+
+def test_positions_without_top_logprobs_are_empty_rows_not_crashes():
+    """A chat token whose top_logprobs is null, a completions position that is null, and
+    completions that send only token_logprobs (no top list) each give one empty row, which
+    empty_rows counts (the audit then fails the trace); nothing is dropped or raised."""
+    chat = chat_chunk([("a", TOPS), ("b", TOPS)])
+    chat["choices"][0]["logprobs"]["content"][1]["top_logprobs"] = None
+    comp = completion_chunk([(" a", {"x": -0.1}), (" b", {"x": -0.2})])
+    comp["choices"][0]["logprobs"]["top_logprobs"][0] = None
+    only_sampled = completion_chunk([(" a", {}), (" b", {})])
+    only_sampled["choices"][0]["logprobs"]["top_logprobs"] = None
+    only_sampled["choices"][0]["logprobs"]["token_logprobs"] = [-0.1, -0.2]
+    for chunk, empty in ((chat, 1), (comp, 1), (only_sampled, 2)):
+        out = decode_payloads([json.dumps(chunk).encode()], K)
+        assert (out.top_logprobs.shape[0], out.empty_rows, out.unscored) == (2, empty, None)
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_text_that_came_without_any_logprob_is_reported_as_unscored(api):
+    """The first text of a choice that carried no logprob entry at all is `unscored`: in
+    chat the content (or reasoning), in completions the text; text with logprobs is not."""
+    if api == "chat":
+        bare = {"choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": None}]}
+        thinking = {"choices": [{"index": 0, "delta": {"reasoning_content": "Hm"}}]}
+    else:
+        bare = {"choices": [{"index": 0, "text": "Hi", "logprobs": None}]}
+        thinking = {"choices": [{"index": 0, "text": "Hm", "logprobs": None}]}
+    scored = json.dumps(chat_chunk([("ok", TOPS)])).encode()
+    out = decode_payloads([scored, json.dumps(bare).encode(), json.dumps(thinking).encode()], K)
+    assert out.unscored == "Hi"
+    only_thinking = decode_payloads([json.dumps(thinking).encode()], K)
+    assert only_thinking.unscored == "Hm"
+    assert decode_payloads([scored], K).unscored is None
+
+
+def test_choice_zero_is_read_wherever_it_is_listed():
+    """Other choices are skipped, not a reason to stop reading the chunk."""
+    other = {**chat_chunk([("x", TOPS)])["choices"][0], "index": 1}
+    chunk = {"choices": [other, chat_chunk([("a", TOPS), ("b", TOPS)])["choices"][0]]}
+    out = decode_payloads([json.dumps(chunk).encode()], K)
+    assert (out.top_logprobs.shape[0], out.text) == (2, "ab")
+
+
+def test_every_too_long_line_is_named_a_line_with_its_size():
+    """Whichever read finds it (a line grown over several reads and ended in this one, or
+    one read holding all of it), a comment line too: the message names a line and its size."""
+    limit = 1000
+    cases = [
+        ([b":" + b"c" * 600, b"c" * 500 + b"\n"], 1101),  # ended in the second read
+        ([b"data: " + b"a" * 600, b"a" * 500 + b"\n\n"], 1106),
+        ([b"data: " + b"a" * 1200 + b"\n\n"], 1206),  # one read
+    ]
+    for reads, size in cases:
+        dec = SSEDecoder(limit)
+        with pytest.raises(StreamError) as info:
+            for read in reads:
+                dec.feed(read)
+        assert str(info.value).startswith(
+            f"the server sent a line of {size:,} bytes or more, past the limit of 1,000 bytes"
+        )
+
+
+def test_a_flushed_decoder_starts_afresh():
+    """flush() forgets everything, the event-size count included: the decoder then frames a
+    new stream as a new decoder would, up to an event of exactly the limit."""
+    dec = SSEDecoder(max_event_bytes=20)
+    dec.feed(b"data: 0123456789\r")
+    assert dec.flush() == [b"0123456789"]
+    event = b"data:" + b"a" * 10 + b"\ndata:" + b"b" * 9 + b"\n\n"  # 20 bytes of data
+    assert dec.feed(b"\n" + event) == [b"a" * 10 + b"\n" + b"b" * 9]
