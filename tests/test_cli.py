@@ -128,3 +128,22 @@ def test_unreachable_server_is_a_clear_error():
     r = CliRunner().invoke(app, ["solve", "--base-url", "http://127.0.0.1:9/v1", "q"])
     assert r.exit_code == 1
     assert "127.0.0.1:9" in r.output
+
+
+def test_every_source_package_is_installed() -> None:
+    """Each folder of the source tree with an __init__.py is a package the distribution
+    lists (pyproject's explicit list): a regular install, as CI and users get, must carry
+    every one of them (deepconf.policies once went missing and only CI noticed)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    dirs = {name: Path(folder) for name, folder in config["package-dir"].items()}
+    found = set()
+    for name, folder in dirs.items():
+        for init in (root / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / folder).parts
+            found.add(".".join((name, *rel)))
+    assert found <= listed, f"packages missing from pyproject: {sorted(found - listed)}"
