@@ -7,6 +7,7 @@ that ended quietly still fails, and the words of `give_up` for every kind of fai
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -198,3 +199,88 @@ def test_give_up_advises_on_the_most_common_kind_but_keeps_the_first_errors_type
     )
     mixed = give_up([ServerError("5xx"), BackendError("x"), BackendError("y")])
     assert str(mixed).endswith("the first error was: 5xx. See the error above, then retry.")
+
+
+async def test_a_prune_at_the_first_token_of_a_batch_is_placed_there() -> None:
+    """Batches of 3 tokens at window 4 and s ~ 15: the first window below s ends at token 7,
+    the first token of the third batch (tokens 7-9), and that is where the prune is
+    recorded, not at a later token of the batch."""
+    fake = FakeBackend(
+        {
+            0: Script(conf=15.0, n=8, answer="1"),
+            1: Script(conf=15.0, n=8, answer="2"),
+            2: Script(conf=[20.0] * 5 + [5.0] * 6, chunks=[3], answer="9"),
+        }
+    )
+    result = await DeepConf(fake, make_config(warmup=2, budget=3)).solve("q")
+    assert result.threshold == pytest.approx(15.0, rel=2e-6)
+    pruned = result.traces[2]
+    assert (pruned.status, pruned.pruned_at, pruned.tokens) == (TraceStatus.PRUNED, 7, 9)
+
+
+async def test_a_backend_without_a_model_name_records_none(tmp_path) -> None:
+    """`model` is optional on a backend: the trace file then records None."""
+
+    class Nameless:
+        async def open(self) -> None:
+            pass
+
+        async def stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
+            yield TokenBatch(rows(3), text="\\boxed{1}", finish_reason="stop")
+
+    engine = DeepConf(Nameless(), make_config(warmup=1, budget=1), trace_path=tmp_path / "t")
+    assert (await engine.solve("q")).answer == "1"
+    assert [s.meta["model"] for s in read_traces(tmp_path / "t")] == [None]
+
+
+async def test_the_backend_gets_the_prompt_and_the_result_the_solves_settings() -> None:
+    backend = BatchBackend([TokenBatch(rows(3), text="\\boxed{1}", finish_reason="stop")])
+    t0 = time.monotonic()
+    result = await DeepConf(backend, make_config(warmup=1, budget=2, variant="high")).solve(
+        "What is 3+4?"
+    )
+    elapsed = time.monotonic() - t0
+    assert [r.prompt for r in backend.requests] == ["What is 3+4?"]
+    assert (result.mode, result.variant, result.budget) == ("online", "high", 2)
+    assert 0.0 < result.wall_time <= elapsed  # measured inside the solve, from its start
+
+
+class Boom(BaseException):
+    """Not an Exception: a trace task does not catch it, so it leaves the task group."""
+
+
+async def test_an_error_that_escapes_a_trace_is_raised_as_itself_not_as_a_group() -> None:
+    class Exploding:
+        async def open(self) -> None:
+            pass
+
+        async def stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
+            raise Boom("the backend broke")
+            yield  # an async generator
+
+    with pytest.raises(Boom, match="the backend broke"):
+        await DeepConf(Exploding(), make_config(warmup=1, budget=1)).solve("q")
+
+
+async def test_the_fallback_sentences_and_the_estimate_without_finished_traces() -> None:
+    """When the confidence vote is empty the fallback says whether plain majority answered
+    (over how many finished traces) or nobody did; with no finished trace at all there is
+    no estimate of what majority voting would spend."""
+    scripts = {
+        0: Script(conf=10.0, answer="5"),
+        1: Script(conf=11.0, answer="5"),
+        2: Script(conf=12.0, answer="6"),
+        3: Script(conf=20.0, answer=None),
+    }
+    result = await DeepConf(FakeBackend(scripts), make_config(warmup=4, budget=4)).solve("q")
+    assert result.fallback.endswith(
+        ", so the answer is plain majority over the 4 traces that ran to completion."
+    )
+    silent = FakeBackend(default=Script(conf=15.0, answer=None))
+    result = await DeepConf(silent, make_config(warmup=2, budget=2)).solve("q")
+    assert result.answer is None
+    assert result.fallback.endswith(", and no trace that ran to completion gave an answer.")
+    stopped = FakeBackend(default=Script(conf=15.0, n=40, answer="1"))
+    result = await DeepConf(stopped, make_config(warmup=2, budget=2, token_budget=10)).solve("q")
+    assert [t.status for t in result.traces] == [TraceStatus.CANCELLED]  # at token 10
+    assert result.tokens_majority_estimate is None
