@@ -16,6 +16,8 @@ import pytest
 from support.fake_backend import FakeBackend, Script, make_config
 
 from deepconf.backend import TokenBatch, TraceRequest
+from deepconf.confidence import trace_metrics
+from deepconf.config import ConfidenceConfig, DeepConfConfig
 from deepconf.controller import DeepConf, give_up
 from deepconf.errors import (
     BackendError,
@@ -284,3 +286,62 @@ async def test_the_fallback_sentences_and_the_estimate_without_finished_traces()
     result = await DeepConf(stopped, make_config(warmup=2, budget=2, token_budget=10)).solve("q")
     assert [t.status for t in result.traces] == [TraceStatus.CANCELLED]  # at token 10
     assert result.tokens_majority_estimate is None
+
+
+async def test_each_request_carries_the_solves_sampling_and_k() -> None:
+    backend = BatchBackend([TokenBatch(rows(3), text="\\boxed{1}", finish_reason="stop")])
+    cfg = make_config(warmup=1, budget=1, sampling={"temperature": 0.9, "seed": 11})
+    await DeepConf(backend, cfg).solve("q")
+    (req,) = backend.requests
+    assert (req.index, req.sampling, req.top_logprobs, req.seed) == (
+        0,
+        cfg.sampling,
+        cfg.confidence.top_logprobs,
+        11,
+    )
+
+
+async def test_answers_follow_the_answer_settings_in_text_and_reasoning() -> None:
+    """The solve's own answer settings (here an extra pattern) decide what counts as an
+    answer, in the text and, when the text has none, in the reasoning."""
+    cfg = make_config(warmup=1, budget=1, answer={"patterns": [r"RESULT=(\d+)"]})
+    in_text = BatchBackend([TokenBatch(rows(3), text="RESULT=42", finish_reason="stop")])
+    assert (await DeepConf(in_text, cfg).solve("q")).traces[0].answer == "42"
+    in_reasoning = BatchBackend(
+        [TokenBatch(rows(3), text="done", reasoning="RESULT=43", finish_reason="stop")]
+    )
+    assert (await DeepConf(in_reasoning, cfg).solve("q")).traces[0].answer == "43"
+
+
+async def test_metrics_use_the_configured_bottom_fraction_and_elapsed_is_inside_the_solve():
+    confs = [15.0, 10.0, 14.0, 12.0, 18.0, 11.0]
+    fake = FakeBackend(default=Script(conf=confs, answer="1"))
+    cfg = DeepConfConfig(
+        warmup=1,
+        budget=1,
+        concurrency=1,
+        confidence=ConfidenceConfig(window=2, tail=2, bottom_fraction=0.5),
+    )
+    result = await DeepConf(fake, cfg).solve("q")
+    (t,) = result.traces
+    assert t.metrics == trace_metrics(np.array(confs), 2, 2, 0.5)
+    assert 0.0 <= t.elapsed <= result.wall_time
+
+
+async def test_a_trace_that_failed_before_its_first_token_has_no_confidences() -> None:
+    fake = FakeBackend(
+        {0: Script(fail_at=0, error=StreamError("refused"))}, default=Script(answer="1")
+    )
+    result = await DeepConf(fake, make_config(warmup=1, budget=2)).solve("q")
+    failed = result.traces[0]
+    assert failed.status is TraceStatus.FAILED and failed.error == "refused"
+    assert failed.token_confs.shape == (0,) and failed.metrics is None and failed.tokens == 0
+
+
+async def test_progress_snapshots_carry_the_budgets_and_the_vote_share() -> None:
+    snaps = []
+    fake = FakeBackend(default=lambda i: Script(conf=15.0, answer=str(i % 3)))
+    cfg = make_config(warmup=2, budget=3, token_budget=500)
+    await DeepConf(fake, cfg, on_progress=snaps.append).solve("q")
+    assert snaps and all((s.budget, s.token_budget) == (3, 500) for s in snaps)
+    assert all(isinstance(s.beta, float) and 0.0 <= s.beta <= 1.0 for s in snaps)
