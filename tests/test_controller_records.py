@@ -345,3 +345,10 @@ async def test_progress_snapshots_carry_the_budgets_and_the_vote_share() -> None
     await DeepConf(fake, cfg, on_progress=snaps.append).solve("q")
     assert snaps and all((s.budget, s.token_budget) == (3, 500) for s in snaps)
     assert all(isinstance(s.beta, float) and 0.0 <= s.beta <= 1.0 for s in snaps)
+
+
+async def test_without_a_config_the_defaults_apply() -> None:
+    fake = FakeBackend(default=Script(conf=15.0, answer="3"))
+    engine = DeepConf(fake)
+    assert engine.config == DeepConfConfig()
+    assert engine.trace_path is None and engine.on_progress is None
