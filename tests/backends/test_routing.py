@@ -48,8 +48,9 @@ class FixedJitter:
 
 
 def test_an_empty_pool_is_refused() -> None:
-    with pytest.raises(ValueError, match="an endpoint pool needs at least one base URL"):
+    with pytest.raises(ValueError) as info:
         EndpointPool([])
+    assert str(info.value) == "an endpoint pool needs at least one base URL"
 
 
 def test_in_flight_counts_one_per_acquire_and_release() -> None:
