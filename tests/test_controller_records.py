@@ -291,7 +291,7 @@ async def test_the_fallback_sentences_and_the_estimate_without_finished_traces()
 async def test_each_request_carries_the_solves_sampling_and_k() -> None:
     backend = BatchBackend([TokenBatch(rows(3), text="\\boxed{1}", finish_reason="stop")])
     cfg = make_config(warmup=1, budget=1, sampling={"temperature": 0.9, "seed": 11})
-    await DeepConf(backend, cfg).solve("q")
+    result = await DeepConf(backend, cfg).solve("q")
     (req,) = backend.requests
     assert (req.index, req.sampling, req.top_logprobs, req.seed) == (
         0,
@@ -299,6 +299,8 @@ async def test_each_request_carries_the_solves_sampling_and_k() -> None:
         cfg.confidence.top_logprobs,
         11,
     )
+    assert result.traces[0].seed == 11  # recorded too
+    assert 0.0 < result.traces[0].elapsed <= result.wall_time
 
 
 async def test_answers_follow_the_answer_settings_in_text_and_reasoning() -> None:
