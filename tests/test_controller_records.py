@@ -354,3 +354,12 @@ async def test_without_a_config_the_defaults_apply() -> None:
     engine = DeepConf(fake)
     assert engine.config == DeepConfConfig()
     assert engine.trace_path is None and engine.on_progress is None
+
+
+async def test_each_request_asks_for_the_configured_k() -> None:
+    backend = BatchBackend([TokenBatch(rows(3, k=5), text="\\boxed{1}", finish_reason="stop")])
+    cfg = DeepConfConfig(
+        warmup=1, budget=1, concurrency=1, confidence=ConfidenceConfig(top_logprobs=5, window=2)
+    )
+    await DeepConf(backend, cfg).solve("q")
+    assert [r.top_logprobs for r in backend.requests] == [5]
