@@ -1,8 +1,10 @@
 """The capability probe: does a server return k top logprobs per token? One concept, no state.
 
 Before the first trace the HTTP backend asks for a few tokens with k logprobs and judges the
-typical (median) position: a reasoning parser may strip the logprobs of a token or two (vLLM
-#37737) and llama.cpp collapses equal token strings, so the worst position says nothing.
+fullest position: a server's cap (vLLM's --max-logprobs) is the same at every position, while
+a reasoning parser may strip the logprobs of a token or two (vLLM #37737) and llama.cpp
+collapses equal token strings (SmolLM2: 19 of 20 at most positions), so only the fullest
+position tells the cap.
 
 A probe must not be fooled by a short answer. Some models end at once on a greeting (the
 shipped model over llama.cpp completions: P(end) ~ 1 after "Hello", and llama.cpp sends no
@@ -11,7 +13,7 @@ server. So a probe that saw no token tries again with a prompt and settings that
 model write; when that also yields nothing, it says so and returns None: the first traces
 then judge k themselves (backends/stream_audit.py), as they do under `--no-probe`.
 
-    typical = await probe_logprobs(backend._stream, "chat", k=20, where="http://...")
+    served = await probe_logprobs(backend._stream, "chat", k=20, where="http://...")
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from deepconf.errors import CapabilityError
 
 log = logging.getLogger(__name__)
 
-# Tokens each probe asks for: a few, judged at the median position.
+# Tokens each probe asks for: a few, judged at the fullest position.
 PROBE_TOKENS = 8
 
 # (chat prompt, raw completions prompt, sampling): a greeting first (cheap, what every chat
@@ -48,7 +50,7 @@ Streamer = Callable[[TraceRequest], AsyncIterator[TokenBatch]]
 
 
 async def probe_logprobs(stream: Streamer, api: str, k: int, where: str) -> int | None:
-    """How many top logprobs `where` returns at the typical position when asked for k, or
+    """How many top logprobs `where` returns at its fullest position when asked for k, or
     None when the model wrote no token in any attempt (then nothing is known yet).
 
     Raises `CapabilityError` saying what the probe saw: text without logprobs, or only
@@ -79,7 +81,7 @@ async def probe_logprobs(stream: Streamer, api: str, k: int, where: str) -> int 
                 f"{where} returns placeholder logprobs (every value is 0 or -9999), so"
                 " confidence would be meaningless: use a server that returns real logprobs"
             )
-        return int(np.median(counts))
+        return int(counts.max())
     log.warning(
         "%s: the probe saw 0 tokens in %d tries (the model ended at once), so k=%d is"
         " checked on the first traces instead",

@@ -141,7 +141,7 @@ class OpenAIHttpBackend:
         self._pool = EndpointPool(config.base_urls)
         self._client: httpx.AsyncClient | None = None
         self._throttler: Throttler | None = None
-        self._ok_k = 0  # the largest k a probe (or a stream) confirmed at the typical position
+        self._ok_k = 0  # the largest k a probe (or a stream) confirmed at its fullest position
         self._unverified_k = 0  # k let through unprobed (--no-probe, or a silent model)
         self._warned: set[str] = set()  # servers whose first retry was logged
         self._cap: int | None = None  # the k a probe found the server stops at, when short
@@ -205,12 +205,14 @@ class OpenAIHttpBackend:
     async def _discover_model(self) -> str:
         assert self._client is not None
         errors = []
+        unreachable: list[BackendError] = []
         for url in self.config.base_urls:
             try:
                 with HttpErrors(url):
                     response = await self._client.get(url + "/models")
             except BackendError as exc:
                 errors.append(str(exc))
+                unreachable.append(exc)
                 continue
             if response.status_code != 200:
                 errors.append(str(status_error(response, url)))
@@ -222,8 +224,14 @@ class OpenAIHttpBackend:
             if isinstance(model, str) and model:
                 return model
             errors.append(f"{url}/models lists no model: {response.text[:200]!r}")
+        if len(unreachable) == len(errors):
+            # No server answered at all: a model name would not help, the server would.
+            if len(unreachable) == 1:
+                raise unreachable[0]
+            raise ConnectError("no base URL answered: " + "; ".join(errors))
         raise ConfigError(
             "could not discover the model name (" + "; ".join(errors) + "): pass --model"
+            " (model= in HttpBackendConfig)"
         )
 
     # --- capability probe --------------------------------------------------------------------
@@ -244,14 +252,14 @@ class OpenAIHttpBackend:
         if not self.config.probe:
             self._unverified_k = k  # --no-probe: the first traces judge k (StreamAudit)
             return
-        typical = await probe_logprobs(self._stream, self.config.api, k, self._where)
-        if typical is None:
+        served = await probe_logprobs(self._stream, self.config.api, k, self._where)
+        if served is None:
             self._unverified_k = k  # the model wrote nothing: the first traces judge k
             return
-        # A server that returned m logprobs at the typical position can serve any k <= m.
-        self._ok_k = max(self._ok_k, min(typical, k))
-        if typical < k:
-            self._cap = typical
+        # A server that returned m logprobs at its fullest position can serve any k <= m.
+        self._ok_k = max(self._ok_k, min(served, k))
+        if served < k:
+            self._cap = served
             raise self._short_error(k)
 
     def _short_error(self, k: int) -> CapabilityError:

@@ -9,7 +9,7 @@ raises `StreamError` the moment the stream breaks a rule, with a message naming 
 
 - every piece of text (content or reasoning) arrives with logprobs, and every token position
   carries at least one logprob;
-- when the server's k has not been confirmed by a probe, the typical position of the first
+- when the server's k has not been confirmed by a probe, one of the first VERIFY_POSITIONS
   tokens carries k entries (else `CapabilityError`, which no retry can fix);
 - the stream ends with a finish reason ([DONE] alone, or a close, is a cut);
 - where the server reports usage, its completion tokens equal the tokens scored, give or take
@@ -27,10 +27,15 @@ import numpy as np
 from deepconf.backends.sse import Decoded
 from deepconf.errors import CapabilityError, StreamError
 
-# Token positions judged when the stream itself must confirm k (no probe, or a probe that saw
-# no tokens): the median over a few positions, as the probe judges, because a reasoning parser
-# may strip the logprobs of a token or two and llama.cpp collapses equal token strings.
-VERIFY_POSITIONS = 8
+# Token positions a stream may take to show k entries when it must confirm k itself (no
+# probe, or a probe that saw no tokens). A server's cap (vLLM's --max-logprobs) is the same
+# at every position, while collapse (llama.cpp merges equal token strings: SmolLM2 gives 19 of
+# 20 at most positions) and a reasoning parser's stripping only lower some. So k counts as
+# served at the first position that carries k entries, and as capped when none of these
+# positions did: the fullest position seen is the server's cap. A stream that ends sooner
+# is judged on what it sent, if that is at least VERIFY_MIN_POSITIONS (as many as a probe).
+VERIFY_POSITIONS = 32
+VERIFY_MIN_POSITIONS = 8
 
 INTERRUPT_HINT = (
     " llama-cpp-python's server does this to a request whenever another one is waiting (its"
@@ -49,7 +54,8 @@ class StreamAudit:
     """
 
     __slots__ = (
-        "_counts",
+        "_fullest",
+        "_judged",
         "finish_reason",
         "k",
         "k_confirmed",
@@ -67,7 +73,8 @@ class StreamAudit:
         self.finish_reason: str | None = None
         self.usage: dict[str, int] = {}
         self.k_confirmed = False  # set when verify_k and the first positions carried k
-        self._counts: list[np.ndarray] = []  # entries per position while verifying k
+        self._fullest = 0  # most entries at one position while verifying k
+        self._judged = 0  # positions seen while verifying k
 
     def take(self, d: Decoded) -> None:
         """Account for one read; raise at the first broken rule."""
@@ -93,23 +100,27 @@ class StreamAudit:
             self.usage = d.usage
 
     def _verify(self, top_logprobs: np.ndarray) -> None:
-        self._counts.append((~np.isnan(top_logprobs)).sum(axis=1))  # (n,)
-        counts = np.concatenate(self._counts)
-        if counts.shape[0] < VERIFY_POSITIONS:
-            return
-        typical = int(np.median(counts))
-        if typical < self.k:
-            raise CapabilityError(
-                f"{self.url} returned {typical} top logprobs per token, fewer than the"
-                f" {self.k} asked: on vLLM start the server with --max-logprobs {self.k} (its"
-                f" default is 20), or lower --top-logprobs to {typical}"
-            )
-        self.k_confirmed = True
-        self._counts.clear()
+        counts = (~np.isnan(top_logprobs)).sum(axis=1)  # (n,) entries per position
+        self._fullest = max(self._fullest, int(counts.max()))
+        self._judged += counts.shape[0]
+        if self._fullest >= self.k:
+            self.k_confirmed = True
+        elif self._judged >= VERIFY_POSITIONS:
+            raise self._short_k()
+
+    def _short_k(self) -> CapabilityError:
+        return CapabilityError(
+            f"{self.url} returned at most {self._fullest} top logprobs per token over"
+            f" {self._judged} tokens, fewer than the {self.k} asked: on vLLM start the"
+            f" server with --max-logprobs {self.k} (its default is 20), or lower"
+            f" --top-logprobs to {self._fullest}"
+        )
 
     def end(self, *, done: bool, busy: bool) -> None:
         """The stream ended (`done`: by `data: [DONE]`, else the body closed). `busy`: other
         requests to the same server were in flight, which is when llama-cpp-python cuts."""
+        if self.verify_k and not self.k_confirmed and self._judged >= VERIFY_MIN_POSITIONS:
+            raise self._short_k()
         if self.finish_reason is None:
             if done:
                 hint = INTERRUPT_HINT if busy else " (a server or proxy cut the trace short)"

@@ -39,6 +39,7 @@ from deepconf.errors import (
     ServerError,
     StreamError,
 )
+from deepconf.model_settings import model_card, with_model_defaults
 from deepconf.result import Progress, SolveResult, TokenTotals
 from deepconf.trace import FORMULA, TraceRecord, TraceStatus, TraceWriter
 from deepconf.voting import AnswerKeys, VoteTable, extract_answer, vote
@@ -79,6 +80,8 @@ class DeepConf:
     Arguments:
         backend: any `Backend`; `solve()` calls its idempotent `open()`, never `aclose()`.
         config: the DeepConf settings (defaults: online, DeepConf-low, budget 64).
+            Settings left unset come from the backend's model card when it has one
+            (the bundled model's window 16, tail 16, ...), as in every other door.
         trace_path: append every trace to this JSONL file as it ends.
         on_progress: called with a `Progress` after every trace state change and at most
             every 0.1 s while tokens flow. It runs on the event loop: keep it quick.
@@ -93,7 +96,7 @@ class DeepConf:
         on_progress: ProgressCallback | None = None,
     ) -> None:
         self.backend = backend
-        self.config = config if config is not None else DeepConfConfig()
+        self.config, _ = with_model_defaults(config, model_card(backend))
         self.trace_path = Path(trace_path) if trace_path is not None else None
         self.on_progress = on_progress
 

@@ -4,7 +4,7 @@ DeepConf decides answers from what a server streams, so the doctor asks what can
 measured from outside and says "unknown" for what cannot (reference/real-servers.md):
 
     streaming        200, text/event-stream, chunks parse, a finish reason, [DONE]
-    top logprobs     k per token at the typical (median) position, or fewer, or none
+    top logprobs     k per token at the fullest position (a cap is the same everywhere), or none
     logprob values   real numbers, not placeholders (0 / -9999 everywhere), none above 0
     entry format     k+1 entries (the sampled token added), fewer than k (equal strings)
     logprob mode     raw (before temperature) or processed: the same positions at two
@@ -168,7 +168,9 @@ def _error_fix(error: str) -> str:
 
 
 def check_top_logprobs(sample: StreamSample, k: int) -> Finding:
-    """k top logprobs per token at the typical position, and no text without them."""
+    """k top logprobs per token at the fullest position, and no text without them. A server's
+    cap is the same at every position, while collapsed equal token strings (check_format) lower
+    only some, so the fullest position tells the cap."""
     name = "top logprobs"
     if not sample.positions:
         if sample.text_chunks:
@@ -180,12 +182,12 @@ def check_top_logprobs(sample: StreamSample, k: int) -> Finding:
             return Finding(name, result, "FAIL", fix)
         result = "the model wrote no tokens to judge, even with ignore_eos"
         return Finding(name, result, "unknown", "check the model's chat template, or try --api")
-    typical = int(statistics.median(sample.counts))
+    typical = max(sample.counts)
     if typical == 0:
         result = f"token entries arrive, but with no top logprobs ({k} asked)"
         return Finding(name, result, "FAIL", f"vLLM: start the server with --max-logprobs {k}")
     if typical < k:
-        result = f"{typical} of {k} per token at the typical position"
+        result = f"{typical} of {k} per token at the fullest position"
         fix = (
             f"vLLM: start the server with --max-logprobs {k} or more (its default is 20);"
             f" or run deepconf with --top-logprobs {typical}"
@@ -196,7 +198,7 @@ def check_top_logprobs(sample: StreamSample, k: int) -> Finding:
         result = f"{bare} of {sample.text_chunks} text chunks arrived without logprobs"
         fix = "their tokens would be missing from confidence: upgrade the server"
         return Finding(name, result, "FAIL", fix)
-    return Finding(name, f"{k} per token at the typical position ({k} asked)", "ok")
+    return Finding(name, f"{k} per token at the fullest position ({k} asked)", "ok")
 
 
 def check_values(sample: StreamSample) -> Finding:
@@ -233,7 +235,7 @@ def check_format(sample: StreamSample, k: int) -> Finding:
     """k+1 entries (the sampled token added) or fewer than k (equal token strings)."""
     name = "entry format"
     counts = sample.counts
-    if not counts or statistics.median(counts) < k:
+    if not counts or max(counts) < k:
         return Finding(name, "not judged: fewer than k logprobs per token", "unknown")
     extra = [p for p in sample.positions if len(p.top) > k]
     short = sum(c < k for c in counts)

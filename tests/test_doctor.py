@@ -171,7 +171,7 @@ async def test_stalled_stream_cannot_hang_the_doctor():
 @pytest.mark.parametrize("api", ["chat", "completions"])
 async def test_sampled_token_appended_is_reported_and_fine(api):
     """llama.cpp-style k+1 entries (the sampled token added last) are seen and are ok: the
-    typical position still has k, and DeepConf keeps the k largest."""
+    fullest position still has k, and DeepConf keeps the k largest."""
     with ScriptedServer(paced(append_sampled=True)) as server:
         report = await doctor(server, api=api)
     found = by_check(report)
@@ -184,7 +184,7 @@ async def test_sampled_token_appended_is_reported_and_fine(api):
 @pytest.mark.parametrize("api", ["chat", "completions"])
 async def test_collapsed_token_strings_warn(api):
     """Entries whose token strings are equal collapse at some positions (llama.cpp): the
-    typical position still has k (ok), the short positions are a warning, not a FAIL."""
+    fullest position still has k (ok), the short positions are a warning, not a FAIL."""
     with ScriptedServer(paced(collide_every=3)) as server:
         report = await doctor(server, api=api)
     found = by_check(report)

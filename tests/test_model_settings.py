@@ -102,6 +102,20 @@ async def test_bundled_backend_samples_as_its_card_says_when_the_caller_did_not(
     assert [t.tokens for t in result.traces] == [5, 5, 5]
 
 
+def test_deepconf_over_a_carded_backend_takes_the_card_s_confidence_settings(carded):
+    """DeepConf(BundledBackend(folder), DeepConfConfig()) prunes with the card's window and
+    tail (8), not the paper's 2048, while a window the caller set stays theirs."""
+    from deepconf.controller import DeepConf
+
+    backend = BundledBackend(carded)
+    engine = DeepConf(backend, DeepConfConfig())
+    assert (engine.config.confidence.window, engine.config.confidence.tail) == (8, 8)
+    assert engine.config.sampling.max_tokens == 5
+    mine = DeepConf(backend, DeepConfConfig(confidence={"window": 2048}))
+    assert (mine.config.confidence.window, mine.config.confidence.tail) == (2048, 8)
+    assert DeepConf(object()).config == DeepConfConfig()  # no card: the defaults
+
+
 def test_serve_model_advertises_its_card_in_v1_models(served):
     """GET /v1/models lists the model with a `deepconf` object: the card's settings and its
     task, nothing else of the card."""

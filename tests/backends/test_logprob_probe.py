@@ -106,15 +106,22 @@ async def test_a_probe_that_saw_text_without_logprobs_counts_every_character() -
 
 
 async def test_a_position_with_a_single_logprob_is_a_logprob() -> None:
-    """One entry per position is few, but it is logprobs: the probe reports 1, the typical
+    """One entry per position is few, but it is logprobs: the probe reports 1, the fullest
     count, and the caller names the shortfall."""
     stream, _ = streamer([TokenBatch(rows(1, 1, 1), text="hi")])
     assert await probe_logprobs(stream, "chat", 5, WHERE) == 1
 
 
-async def test_the_typical_count_is_the_median_over_every_batch() -> None:
+async def test_the_served_count_is_the_fullest_position_over_every_batch() -> None:
+    """A cap is the same at every position; collapse and stripping only lower some. So the
+    fullest position is the answer, even when most positions are short (llama.cpp merging
+    equal token strings), and wherever it comes."""
     stream, _ = streamer([TokenBatch(rows(5, 2)), TokenBatch(rows(5, 5, 3))])
     assert await probe_logprobs(stream, "completions", 5, WHERE) == 5
+    stream, _ = streamer([TokenBatch(rows(4, 4, 4)), TokenBatch(rows(4, 5, 4))])
+    assert await probe_logprobs(stream, "completions", 5, WHERE) == 5
+    stream, _ = streamer([TokenBatch(rows(3, 2, 3, 3))])
+    assert await probe_logprobs(stream, "completions", 5, WHERE) == 3
 
 
 async def test_placeholder_logprobs_are_refused_in_words() -> None:

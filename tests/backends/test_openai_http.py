@@ -138,10 +138,12 @@ async def test_probe_fewer_logprobs_names_max_logprobs(scripted_server):
         await backend.open()
 
 
-async def test_probe_judges_the_typical_position(scripted_server):
-    """One short position (collapsed entries) does not fail the probe: the median counts."""
+async def test_probe_judges_the_fullest_position(scripted_server):
+    """Short positions (collapsed entries), even most of them, do not fail the probe: a cap
+    is the same everywhere, so one position with all k shows k is served."""
     script = Script.from_text("one two three four five")
-    script.tokens[1].top = script.tokens[1].top[:2]
+    for token in script.tokens[:-1]:
+        token.top = token.top[:19]
     scripted_server.default = script
     backend = backend_for(scripted_server, top_logprobs=20)
     await backend.open()  # raises CapabilityError if the short position decided
@@ -566,8 +568,23 @@ async def test_model_discovery_tries_each_base_url_and_reports_each_failure():
     assert said.endswith(
         f"; {nameless.base_url}/models lists no model: "
         + repr('{"object": "list", "data": [{"id": ""}]}')
-        + "): pass --model"
+        + "): pass --model (model= in HttpBackendConfig)"
     )
+
+
+async def test_model_discovery_with_no_server_up_is_about_the_server():
+    """When no base URL answers at all, naming a model would not help: the error is the
+    ConnectError that says to start the server, with no word of --model."""
+    dead = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
+    with pytest.raises(ConnectError) as one:
+        await OpenAIHttpBackend(HttpBackendConfig(base_urls=dead[:1], probe=False)).open()
+    assert str(one.value).startswith(f"cannot connect to {dead[0]} (")
+    assert str(one.value).endswith("start the server or fix --base-url")
+    with pytest.raises(ConnectError) as both:
+        await OpenAIHttpBackend(HttpBackendConfig(base_urls=dead, probe=False)).open()
+    said = str(both.value)
+    assert said.startswith(f"no base URL answered: cannot connect to {dead[0]} (")
+    assert f"; cannot connect to {dead[1]} (" in said and "--model" not in said
 
 
 def free_port() -> int:
@@ -704,7 +721,7 @@ async def test_an_unterminated_last_event_is_still_read_when_the_body_ends():
 
 
 async def test_a_stream_that_confirms_k_spares_later_traces_the_check(scripted_server):
-    """Unprobed (--no-probe), the first trace's typical position confirms k; from then on
+    """Unprobed (--no-probe), the first trace's fullest position confirms k; from then on
     the backend knows k is served, as if a probe had said so."""
     scripted_server.default = Script.from_text(TEXT * 3)
     backend = backend_for(scripted_server, model="m", probe=False)

@@ -114,18 +114,58 @@ def test_audit_usage_may_exceed_the_scored_tokens_by_the_end_token_only(reported
             audit.end(done=True, busy=False)
 
 
-def test_audit_verifies_k_on_the_typical_position_when_no_probe_did() -> None:
-    """Unprobed: the median of the first positions decides; a short k is a CapabilityError
-    (no retry can fix it); enough entries confirm k."""
+def test_audit_verifies_k_on_the_fullest_position_when_no_probe_did() -> None:
+    """Unprobed: a cap is the same at every position, so VERIFY_POSITIONS positions that all
+    fall short are a CapabilityError naming the fullest count (no retry can fix it), while
+    the first position with k entries confirms k."""
     short = decoded(VERIFY_POSITIONS, k=4)
     short.top_logprobs[:, 3] = np.nan  # 3 of the 4 asked at every position
-    with pytest.raises(CapabilityError, match="returned 3 top logprobs per token"):
-        StreamAudit("u", 4, verify_k=True).take(short)
+    short.top_logprobs[::2, 2] = np.nan  # and 2 at every other one
     audit = StreamAudit("u", 4, verify_k=True)
-    audit.take(decoded(VERIFY_POSITIONS - 1))
-    assert not audit.k_confirmed  # too few positions to judge yet
+    audit.take(Decoded(short.top_logprobs[:-1], text="x"))
+    assert not audit.k_confirmed  # one position short of a judgement
+    with pytest.raises(CapabilityError) as info:
+        audit.take(Decoded(short.top_logprobs[-1:], text="x"))
+    assert str(info.value) == (
+        f"u returned at most 3 top logprobs per token over {VERIFY_POSITIONS} tokens, fewer"
+        " than the 4 asked: on vLLM start the server with --max-logprobs 4 (its default is"
+        " 20), or lower --top-logprobs to 3"
+    )
+    audit = StreamAudit("u", 4, verify_k=True)
     audit.take(decoded(1))
     assert audit.k_confirmed
+
+
+def test_audit_lets_collapsed_positions_through_when_one_carries_k() -> None:
+    """llama.cpp merges equal token strings (SmolLM2 sends 19 of 20 at most positions): a
+    stream whose positions mostly fall one short, but where one carries all k, is served k,
+    wherever that position comes among the first VERIFY_POSITIONS."""
+    for full_at in (0, VERIFY_POSITIONS // 2, VERIFY_POSITIONS - 1):
+        collapsed = decoded(VERIFY_POSITIONS, k=20, finish="stop")
+        collapsed.top_logprobs[:, 19] = np.nan
+        collapsed.top_logprobs[full_at, 19] = -30.0
+        audit = StreamAudit("u", 20, verify_k=True)
+        audit.take(collapsed)
+        audit.end(done=True, busy=False)
+        assert audit.k_confirmed and audit.tokens == VERIFY_POSITIONS
+
+
+def test_a_short_stream_is_judged_at_its_end_when_it_sent_enough_positions() -> None:
+    """A trace that ends before VERIFY_POSITIONS is judged on what it sent: fewer than
+    VERIFY_MIN_POSITIONS short positions leave k unjudged; that many refuse it at the end."""
+    from deepconf.backends.stream_audit import VERIFY_MIN_POSITIONS
+
+    for n, refused in ((VERIFY_MIN_POSITIONS - 1, False), (VERIFY_MIN_POSITIONS, True)):
+        short = decoded(n, k=4, finish="stop")
+        short.top_logprobs[:, 3] = np.nan
+        audit = StreamAudit("u", 4, verify_k=True)
+        audit.take(short)
+        if refused:
+            with pytest.raises(CapabilityError, match=f"at most 3 top logprobs .* over {n} "):
+                audit.end(done=True, busy=False)
+        else:
+            audit.end(done=True, busy=False)
+            assert not audit.k_confirmed
 
 
 # --- sanitisation at the boundary (property) -----------------------------------------------------
@@ -304,7 +344,9 @@ async def test_a_model_that_ends_at_once_does_not_fail_the_probe(scripted_server
 async def test_no_probe_still_refuses_a_short_k_on_the_first_trace(scripted_server):
     scripted_server.default = Script.from_text(TEXT * 3, max_logprobs=5)
     backend = backend_for(scripted_server, probe=False)
-    with pytest.raises(CapabilityError, match="returned 5 top logprobs per token"):
+    with pytest.raises(
+        CapabilityError, match="returned at most 5 top logprobs per token over 10 tokens"
+    ):
         await collect(backend)
     assert all(s.seed is not None for s in scripted_server.streams)  # no probe request
 
