@@ -109,6 +109,26 @@ async def test_resume_skips_finished_and_drops_a_cut_off_line(tmp_path: Path) ->
     assert sorted(ids) == ["p0", "p1", "p2"]
 
 
+async def test_a_rerun_problem_starts_its_trace_files_afresh(tmp_path: Path) -> None:
+    """A problem killed mid-run left partial trace files; when the resume reruns it, those
+    traces must not mix into the new attempt's pools (replay would count both attempts)."""
+    methods = ["majority", "online-low"]
+    await run_eval(PromptFake(), problems(2), CONFIG, methods, tmp_path)
+    path = tmp_path / "results.jsonl"
+    path.write_text(path.read_text().splitlines()[0] + "\n")  # p1 never finished
+    runs = ("offline", "online-low")
+    stale = {run: trace_file(tmp_path, "p1", run).read_text() for run in runs}
+    for run in runs:  # the killed attempt's half-written files, one whole line each
+        trace_file(tmp_path, "p1", run).write_text(stale[run].splitlines()[0] + "\n")
+    before = {run: trace_file(tmp_path, "p0", run).read_text() for run in runs}
+    await run_eval(PromptFake(), problems(2), CONFIG, methods, tmp_path)
+    for run in runs:  # the rerun's lines alone (elapsed times differ, so count them)
+        lines = trace_file(tmp_path, "p1", run).read_text().splitlines()
+        assert len(lines) == len(stale[run].splitlines())
+        assert trace_file(tmp_path, "p0", run).read_text() == before[run]  # not rerun
+    assert len(load_pools([trace_file(tmp_path, "p1", "offline")])["p1"]) == 8
+
+
 def test_manifest_refuses_a_resume_with_other_settings(tmp_path: Path) -> None:
     """Rerunning into a folder with other methods or settings is refused, naming each
     setting that differs by its full name with both values (not "config differ")."""
