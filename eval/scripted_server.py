@@ -179,6 +179,12 @@ class ScriptedServer(LoopbackServer):
         with self._lock:
             self._failures.append((status, retry_after, message or f"scripted failure {status}"))
 
+    def clear_failures(self) -> int:
+        """Drop the queued `fail_next` failures; returns how many were left unused."""
+        with self._lock:
+            left, self._failures = len(self._failures), []
+        return left
+
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Poll until `predicate()` holds (the server runs in another thread); False on timeout."""
         deadline = time.monotonic() + timeout

@@ -246,6 +246,38 @@ def test_unreachable_upstream_is_a_502_that_says_so() -> None:
             c.models.list()
 
 
+def test_a_failed_upstream_open_frees_its_solve_slot() -> None:
+    """With one solve slot, requests whose upstream cannot be opened each get their 502, never
+    a 429 for a slot the failed open kept, and /health counts no solve running."""
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    with ProxyServer(dead, max_concurrent_solves=1) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        for _ in range(3):
+            with pytest.raises(openai.InternalServerError) as info:
+                c.chat.completions.create(model=MODEL, messages=ASK)
+            assert info.value.status_code == 502
+        assert httpx.get(px.root + "/health").json()["active_solves"] == 0
+
+
+def test_an_upstream_429_reaches_the_client_as_a_429_with_its_retry_after() -> None:
+    """The upstream's rate limit is the client's: a 429 carrying the upstream's Retry-After
+    (the client's SDK then backs off as it should), and the slot is free for the next
+    request, which works once the upstream does."""
+    with ScriptedServer(default=ANSWER) as up, ProxyServer(up.base_url) as px:
+        c = openai.OpenAI(base_url=px.base_url, api_key="x", max_retries=0)
+        for _ in range(TEST_DEFAULTS.budget + 1):  # the probe and every trace
+            up.fail_next(429, retry_after=7, message="slow down")
+        with pytest.raises(openai.RateLimitError) as info:
+            c.chat.completions.create(model=MODEL, messages=ASK)
+        assert info.value.status_code == 429
+        assert info.value.response.headers["retry-after"] == "7"
+        assert "upstream rate limit" in info.value.message and "slow down" in info.value.message
+        assert httpx.get(px.root + "/health").json()["active_solves"] == 0
+        up.clear_failures()
+        r = c.chat.completions.create(model=MODEL, messages=ASK)
+        assert r.model_extra["deepconf"]["answer"] == "7"
+
+
 def test_upstream_404_is_passed_on_and_other_rejections_are_400s() -> None:
     """An upstream 404 (a model it does not serve) comes back as a 404 quoting the upstream;
     another 4xx as a 400 quoting it. Neither leaves a backend behind: the next request opens

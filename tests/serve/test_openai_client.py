@@ -206,11 +206,12 @@ def test_too_many_concurrent_solves_get_429_with_retry_after() -> None:
     ):
         c = client(proxy)
         first = c.chat.completions.create(model=MODEL, messages=ASK, stream=True)
-        next(iter(first))  # the solve is running
-        started = time.monotonic()
+        next(iter(first))  # the solve is running, and stays so until `first` is closed
+        # Refused at once: a request queued behind the running solve would block until
+        # `first` closes below, and this call would time out instead of raising 429.
         with pytest.raises(openai.RateLimitError) as info:
-            c.chat.completions.create(model=MODEL, messages=ASK)
-        assert time.monotonic() - started < 0.5
+            c.with_options(timeout=60).chat.completions.create(model=MODEL, messages=ASK)
+        assert httpx.get(proxy.root + "/health").json()["active_solves"] == 1
         assert info.value.response.headers["retry-after"] == "3"
         assert info.value.code == "too_many_solves"
         first.close()
