@@ -76,8 +76,10 @@ def run_numpy(path: Path, batch: int, tokens: int, threads: int | None) -> dict[
         return t1 - t0, time.perf_counter() - t1
 
     one_round(4, "warm")
+    before = engine.stats.tokens_generated
     first, rest = one_round(tokens, "run")
     return {
+        "tokens_generated": engine.stats.tokens_generated - before,  # the run's, counted
         "decode_tok_s": batch * (tokens - 1) / rest,
         "first_step_s": first,
         "threads": used,

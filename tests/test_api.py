@@ -11,6 +11,7 @@ import deepconf
 from deepconf.api import solve, with_overrides
 from deepconf.config import DeepConfConfig
 from deepconf.errors import ConfigError
+from deepconf.voting import tolerant_threshold
 
 
 def _fake() -> FakeBackend:
@@ -18,19 +19,22 @@ def _fake() -> FakeBackend:
 
 
 def test_solve_runs_synchronously_with_overrides_and_closes_the_backend() -> None:
-    """Called with no event loop: overrides reach the config (budget 6 -> 6 traces), nested
-    dicts merge into the section (seed set, temperature kept), and the backend is closed."""
-    fake = _fake()
+    """Called with no event loop: overrides reach the config (budget 6 -> 6 traces; variant
+    high keeps the warm-up's top 90%, so s is the 10th percentile of its lowest group
+    confidences 10, 11 and 12, less the tie tolerance), nested dicts merge into the section
+    (seed set, temperature kept), and the backend is closed."""
+    fake = FakeBackend(default=lambda i: Script(conf=10.0 + i, answer=str(i % 2)))
     result = solve(
         "q",
         backend=fake,
         budget=6,
-        warmup=2,
+        warmup=3,
         variant="high",
         concurrency=2,
         sampling={"seed": 11},
     )
     assert len(result.traces) == 6
+    assert result.variant == "high" and result.threshold == tolerant_threshold(10.2)
     assert sorted(r.seed for r in fake.requests) == list(range(11, 17))
     assert fake.requests[0].sampling.temperature == 0.6
     assert fake.opened == 1 and fake.closed == 1

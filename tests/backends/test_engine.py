@@ -9,6 +9,7 @@ import contextlib
 import numpy as np
 import pytest
 from support.fake_model import PIECES, FakeModel, FakeTokenizer
+from support.polling import until
 
 from deepconf.backends.async_engine import AsyncEngine
 from deepconf.backends.engine import Engine, SamplingParams, StepOutput
@@ -315,10 +316,7 @@ async def test_async_engine_streams_aborts_and_shuts_down():
     async with contextlib.aclosing(engine.generate(PROMPTS[1], long)) as stream:
         async for _ in stream:
             break
-    for _ in range(100):
-        if engine.stats.aborted:
-            break
-        await asyncio.sleep(0.005)
+    await until(lambda: engine.stats.aborted == 1, "the closed stream's request aborted")
     assert engine.stats.aborted == 1 and engine.stats.running == 0
 
     stream = engine.generate(PROMPTS[1], long)
