@@ -199,6 +199,42 @@ def test_vote_matches_reference_tally(
         assert table.beta == pytest.approx(want[0][2] / sum(w for _, _, w in want))
 
 
+# Spellings of three values: every spelling of one value must land in one row.
+SPELLINGS = {
+    "half": ["1/2", "0.5", r"\frac{1}{2}"],
+    "three": ["3", "3.0", r"\dfrac{6}{2}"],
+    "seven": ["7", r"\text{7}"],
+}
+CLASS_OF = {spelling: value for value, all_ in SPELLINGS.items() for spelling in all_}
+
+
+@FAST
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.none(), st.sampled_from(sorted(CLASS_OF))), st.floats(0.0, 30.0)),
+        max_size=20,
+    ),
+    st.booleans(),
+)
+def test_vote_tallies_equivalent_spellings_as_one_answer(
+    pairs: list[tuple[str | None, float]], weighted: bool
+) -> None:
+    """Answers spelt differently but equal (1/2, 0.5, \\frac{1}{2}) are one row, named by the
+    first spelling seen, with the counts and weights of the tally by value; the order is the
+    stated rule's, as for distinct answers."""
+    answers = [a for a, _ in pairs]
+    weights = [w for _, w in pairs] if weighted else None
+    table = vote(answers, weights)
+    by_value = [None if a is None else CLASS_OF[a] for a in answers]
+    want = ref_vote(by_value, weights)
+    first_spelling = {}
+    for a in answers:
+        if a is not None:
+            first_spelling.setdefault(CLASS_OF[a], a)
+    assert [(r.answer, r.count) for r in table.rows] == [(first_spelling[v], c) for v, c, _ in want]
+    assert [r.weight for r in table.rows] == pytest.approx([w for _, _, w in want])
+
+
 # ---------------------------------------------------------------------------------------------
 # keep_top
 
