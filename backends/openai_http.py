@@ -28,12 +28,12 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 import msgspec
 from asyncio_throttle import Throttler
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from deepconf.backend import Prompt, TokenBatch, TraceRequest
 from deepconf.backends.http_errors import (
@@ -49,6 +49,7 @@ from deepconf.backends.routing import (
     EJECT_AFTER,
     EndpointPool,
     retry_delay,
+    split_weight,
 )
 from deepconf.backends.sse import DEFAULT_MAX_EVENT_BYTES, Decoded, SSEDecoder, decode_payloads
 from deepconf.backends.stream_audit import StreamAudit
@@ -73,7 +74,14 @@ class HttpBackendConfig(StrictModel):
     """How to reach one or more OpenAI-compatible servers."""
 
     base_urls: list[str] = Field(
-        min_length=1, description="Server base URLs, e.g. http://localhost:8000/v1."
+        min_length=1,
+        description="Server base URLs, e.g. http://localhost:8000/v1; URL#3 gives one a"
+        " weight (moved to `weights`).",
+    )
+    weights: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
+        None,
+        description="Relative share of the traces per base URL, in their order (3 and 1:"
+        " three times the streams in flight on the first); None: all equal.",
     )
     model: str | None = Field(None, description="Model name; None: the first of GET /v1/models.")
     api: Literal["chat", "completions"] = Field("chat", description="Endpoint family to call.")
@@ -114,19 +122,49 @@ class HttpBackendConfig(StrictModel):
     backoff_base: float = Field(0.5, ge=0, description="First retry delay in seconds.")
     backoff_cap: float = Field(30.0, ge=0, description="Longest retry delay in seconds.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _weights_from_urls(cls, data: Any) -> Any:
+        """Move `URL#weight` suffixes into `weights`. A bad suffix is left in place for
+        `_normalise` to report under base_urls, the setting the user wrote it in."""
+        urls = data.get("base_urls") if isinstance(data, dict) else None
+        if not isinstance(urls, list) or not any(isinstance(u, str) and "#" in u for u in urls):
+            return data
+        try:
+            pairs = [split_weight(u.strip()) for u in urls]
+        except (ValueError, AttributeError):
+            return data
+        if data.get("weights") is not None:
+            raise ValueError("weights given twice (URL#weight and weights=): use one")
+        return data | {"base_urls": [u for u, _ in pairs], "weights": [w for _, w in pairs]}
+
     @field_validator("base_urls")
     @classmethod
     def _normalise(cls, urls: list[str]) -> list[str]:
         out = []
         for url in urls:
-            url = url.strip().rstrip("/")
+            url = split_weight(url.strip())[0].rstrip("/")
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"base URL {url!r} must start with http:// or https://")
             # A bare host gets the OpenAI prefix; any other path (a proxy's) is kept as given.
             if httpx.URL(url).path in ("", "/"):
                 url += "/v1"
+            if url in out:
+                raise ValueError(
+                    f"base URL {url!r} is given twice: give each server once (URL#3 sends it"
+                    " three times the traces)"
+                )
             out.append(url)
         return out
+
+    @model_validator(mode="after")
+    def _one_weight_per_url(self) -> HttpBackendConfig:
+        if self.weights is not None and len(self.weights) != len(self.base_urls):
+            raise ValueError(
+                f"{len(self.weights)} weights for {len(self.base_urls)} base URLs: give one"
+                " per URL, in the same order"
+            )
+        return self
 
 
 class OpenAIHttpBackend:
@@ -138,7 +176,7 @@ class OpenAIHttpBackend:
         self.config = config
         self._transport = transport  # injected in benchmarks (httpx.MockTransport); None: network
         self.model: str = config.model or ""
-        self._pool = EndpointPool(config.base_urls)
+        self._pool = EndpointPool(config.base_urls, weights=config.weights)
         self._client: httpx.AsyncClient | None = None
         self._throttler: Throttler | None = None
         self._ok_k = 0  # the largest k a probe (or a stream) confirmed at its fullest position

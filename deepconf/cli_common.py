@@ -65,7 +65,8 @@ BaseUrl = Annotated[
     typer.Option(
         "--base-url",
         help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (repeat for several; "
-        "traces go to the least-loaded). Omit to run the bundled model in process.",
+        "traces go to the least-loaded; URL#3 weighs one 3 to others' 1). Omit to run the "
+        "bundled model in process.",
         envvar="DEEPCONF_BASE_URL",
     ),
 ]
@@ -351,11 +352,13 @@ def model_card_of(
     this says so before anything else is tried."""
     if not base_url:
         return backend_defaults(backend), f"the model card of {backend.model}"
+    from deepconf.backends.routing import split_weight
     from deepconf.model_settings import advertised_settings
 
     key = api_key or os.environ.get("OPENAI_API_KEY")
-    name, card = advertised_settings(base_url, model, api_key=key, timeout=min(timeout, 10.0))
-    return card, f"the settings {base_url[0]} advertises for {name}"
+    urls = [split_weight(u)[0] for u in base_url]  # URL#3: the weight is no part of the URL
+    name, card = advertised_settings(urls, model, api_key=key, timeout=min(timeout, 10.0))
+    return card, f"the settings {urls[0]} advertises for {name}"
 
 
 def card_note(applied: dict[str, Any], source: str) -> str | None:

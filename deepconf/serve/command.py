@@ -50,7 +50,7 @@ Upstream = Annotated[
     typer.Option(
         "--upstream",
         help="Upstream OpenAI-compatible server, e.g. http://localhost:8000/v1 (repeat for"
-        " several; traces go to the least-loaded).",
+        " several; traces go to the least-loaded; URL#3 weighs one 3 to others' 1).",
         envvar="DEEPCONF_UPSTREAM",
         show_default=False,
     ),
@@ -159,7 +159,7 @@ def serve_command(
             # The endpoint a request arrives on picks the upstream's chat or completions API;
             # every backend sends through the server's one connection pool (`transport`).
             flags = backend_from_flags(
-                urls,
+                upstream,  # as given: URL#weight keeps its weight (urls are plain)
                 model,
                 endpoint,
                 upstream_key,
@@ -195,7 +195,8 @@ def serve_command(
 
 
 def _normalised(urls: list[str]) -> list[str]:
-    """The upstream URLs as the HTTP backend reads them (a bare host gets /v1)."""
+    """The upstream URLs as the HTTP backend reads them (a bare host gets /v1, a #weight
+    suffix is checked and dropped): the ones whose /models the server lists."""
     from pydantic import ValidationError
 
     from deepconf.backends.openai_http import HttpBackendConfig

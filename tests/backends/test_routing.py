@@ -3,10 +3,13 @@
 The scheduling and ejection story is told in tests/backends/test_stream_integrity.py; these
 tests pin the details mutation testing (.ci/mutation) found loose: round-robin order among
 equals, the `avoid` rule, the cooldown boundary, what a success resets, the summary, and the
-backoff arithmetic.
+backoff arithmetic. Weights per endpoint (`URL#3`): the exact split, in-flight streams in
+proportion, an ejected endpoint's share going to the others, and the suffix's parsing.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 
@@ -16,6 +19,7 @@ from deepconf.backends.routing import (
     EndpointPool,
     parse_retry_after,
     retry_delay,
+    split_weight,
 )
 
 
@@ -30,6 +34,15 @@ class Clock:
 def eject(pool: EndpointPool, url: str) -> float | None:
     """Fail `url` EJECT_AFTER times in a row; the cooldown of the ejection."""
     return [pool.failed(url, "connect error", ejects=True) for _ in range(EJECT_AFTER)][-1]
+
+
+def one_at_a_time(pool: EndpointPool, n: int) -> list[str]:
+    """The URLs of n traces run one after another (concurrency 1: each released at once)."""
+    picks = []
+    for _ in range(n):
+        picks.append(pool.acquire())
+        pool.release(picks[-1])
+    return picks
 
 
 class FixedJitter:
@@ -133,6 +146,80 @@ def test_summary_has_one_line_per_failed_endpoint_with_kinds_by_count() -> None:
         "b: 3 failed request(s) (connect error 2, server error (5xx) 1)",
         "c: 1 failed request(s) (rate limited (429) 1)",
     ]
+
+
+# --- weights ---------------------------------------------------------------------------------
+
+
+def test_weights_3_to_1_split_every_4_traces_exactly_3_and_1() -> None:
+    """One trace at a time (nothing in flight to compare), the least served per weight goes
+    next: every prefix of 4k traces holds exactly 3k for a and k for b, interleaved (a, b,
+    a, a, ...), not 3k a's in a row."""
+    picks = one_at_a_time(EndpointPool(["a", "b"], weights=[3, 1]), 400)
+    for k in range(1, 101):
+        assert Counter(picks[: 4 * k]) == {"a": 3 * k, "b": k}
+    assert picks[:8] == ["a", "b", "a", "a", "b", "a", "a", "a"]
+
+
+def test_fractional_weights_split_as_their_ratio() -> None:
+    """0.1 : 0.2 : 0.3 is 1 : 2 : 3 exactly (the pool compares fractions, so binary
+    rounding of 0.1 cannot break a tie the wrong way)."""
+    picks = one_at_a_time(EndpointPool(["a", "b", "c"], weights=[0.1, 0.2, 0.3]), 60)
+    assert Counter(picks) == {"a": 10, "b": 20, "c": 30}
+
+
+def test_streams_in_flight_follow_the_weights() -> None:
+    """Traces that stay in flight fill the endpoints in proportion to their weights: a
+    weight is how many streams an endpoint holds for one elsewhere."""
+    pool = EndpointPool(["a", "b"], weights=[3, 1])
+    for _ in range(8):
+        pool.acquire()
+    assert pool.in_flight == {"a": 6, "b": 2}
+    pool.release("a")
+    pool.release("a")  # a holds 4 for b's 2: below its share, so it gets the next two
+    assert [pool.acquire(), pool.acquire()] == ["a", "a"]
+
+
+def test_an_ejected_endpoints_share_goes_to_the_others_and_returns_without_a_burst() -> None:
+    """Weights 2:1:1 with a out: b and c split its traces evenly. When a is back it takes
+    its half again at once, interleaved: the traces it missed are not owed to it (else it
+    would take the next 40 in a row to catch up)."""
+    clock = Clock()
+    pool = EndpointPool(["a", "b", "c"], weights=[2, 1, 1], clock=clock)
+    assert Counter(one_at_a_time(pool, 8)) == {"a": 4, "b": 2, "c": 2}
+    eject(pool, "a")
+    assert Counter(one_at_a_time(pool, 40)) == {"b": 20, "c": 20}
+    clock.now = COOLDOWN_S
+    back = one_at_a_time(pool, 40)
+    assert Counter(back) == {"a": 20, "b": 10, "c": 10}
+    assert back[:4] == ["a", "a", "b", "c"]
+
+
+def test_a_pool_refuses_bad_weights_and_a_url_twice() -> None:
+    for weights in ([1.0], [1.0, 0.0], [1.0, -2.0], [1.0, float("inf")]):
+        with pytest.raises(ValueError) as info:
+            EndpointPool(["a", "b"], weights=weights)
+        assert str(info.value) == f"one positive weight per base URL, got {weights} for ['a', 'b']"
+    with pytest.raises(ValueError) as info:
+        EndpointPool(["a", "a"])
+    assert str(info.value) == "an endpoint pool takes each base URL once, got ['a', 'a']"
+
+
+def test_split_weight_reads_the_suffix_and_defaults_to_one() -> None:
+    assert split_weight("http://a:8000/v1#3") == ("http://a:8000/v1", 3.0)
+    assert split_weight("http://a:8000/v1#0.25") == ("http://a:8000/v1", 0.25)
+    assert split_weight("http://a:8000/v1") == ("http://a:8000/v1", 1.0)
+
+
+@pytest.mark.parametrize("suffix", ["0", "-1", "abc", "", "inf", "nan"])
+def test_a_bad_weight_says_what_to_write(suffix: str) -> None:
+    with pytest.raises(ValueError) as info:
+        split_weight(f"http://a:8000/v1#{suffix}")
+    assert str(info.value) == (
+        f"bad weight '#{suffix}' in 'http://a:8000/v1#{suffix}': write URL#N with N a positive"
+        " number, e.g. http://a:8000/v1#3 for three times the traces of a URL without one"
+        " (weight 1)"
+    )
 
 
 # --- retry pacing ------------------------------------------------------------------------------
