@@ -360,3 +360,64 @@ def test_method_vote_edges() -> None:
     assert method_vote("mean", ["3", "3"], [None, metrics(2, 1, 1, 1)]).rows == [
         VoteRow("3", 1, 2.0)
     ]
+
+
+# --- pinned by mutation testing (.ci/mutation) ---------------------------------------------------
+# Each test below failed on a mutant of deepconf/voting.py that every test above let through.
+
+
+def test_refusals_say_what_to_do_word_for_word() -> None:
+    """The messages are the user's only guide: each is pinned whole."""
+    cases = [
+        (
+            lambda: vote(["1", "2"], [1.0]),
+            "vote got 2 answers but 1 weights: pass one weight per answer, or weights=None for"
+            " a plain majority",
+        ),
+        (
+            lambda: vote(["1"], [-1.0]),
+            "vote weight -1.0 for answer '1' is not a finite number >= 0: weights are trace"
+            " confidences; drop traces without a confidence instead",
+        ),
+        (
+            lambda: keep_top([[1.0, 2.0]], 10),
+            "keep_top needs a flat sequence of values, got shape (1, 2)",
+        ),
+        (
+            lambda: keep_top([1.0, math.inf], 10),
+            "keep_top got a NaN or infinite confidence: drop such traces first",
+        ),
+        (
+            lambda: method_vote("best", ["1"], [None]),
+            "unknown voting method 'best': use one of " + ", ".join(OFFLINE_METHODS),
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert str(info.value) == message
+
+
+def test_keep_percent_bounds_are_exactly_zero_exclusive_to_one_hundred() -> None:
+    """eta in (0, 100]: a fraction of a percent is a valid eta, anything past 100 is not."""
+    assert keep_top([1.0, 2.0], 0.5).tolist() == [False, True]
+    assert keep_top([1.0, 2.0], 100).tolist() == [True, True]
+    for bad in (0, 100.5, -3):
+        with pytest.raises(ConfigError, match=r"keep_percent must be in \(0, 100\]"):
+            keep_top([1.0], bad)
+
+
+def test_an_empty_mask_is_still_a_boolean_mask() -> None:
+    """keep_top([]) is a bool array, so `values[mask]` on it selects rather than indexes."""
+    mask = keep_top([], 10)
+    assert mask.dtype == np.bool_ and mask.shape == (0,)
+
+
+def test_method_vote_keeps_the_problem_s_class_names() -> None:
+    """Every method votes with the AnswerKeys it is given, so a class keeps the name it got
+    first in this problem (0.5 seen first: 1/2 votes as 0.5), weighted or not."""
+    for method in ("majority", "tail", "tail@10"):
+        keys = AnswerKeys()
+        keys.key("0.5")
+        table = method_vote(method, ["1/2", "1/2"], [metrics(1, 2, 1, 1)] * 2, keys)
+        assert [r.answer for r in table.rows] == ["0.5"], method
