@@ -63,6 +63,7 @@ from deepconf.cli_common import (
 from deepconf.doctor_command import doctor_command
 from deepconf.errors import ConfigError, DeepConfError
 from deepconf.eval.commands import eval_command, plot_command
+from deepconf.eval.merge_command import eval_merge_command
 from deepconf.eval.replay_command import replay_command
 from deepconf.serve.command import serve_command
 
@@ -379,6 +380,7 @@ def bench(
 # Commands that live beside what they drive; registered here, the one composition root.
 app.command("serve")(serve_command)
 app.command("eval")(eval_command)
+app.command("eval-merge")(eval_merge_command)
 app.command("replay")(replay_command)
 app.command("plot")(plot_command)
 app.command("doctor")(doctor_command)

@@ -4,6 +4,7 @@
     deepconf eval --dataset aime25.jsonl --base-url http://localhost:8000/v1 --budget 512 \\
         --prompt-template "{problem}\\nPut the final answer in \\boxed{{}}." --output aime/
     deepconf plot out/
+    deepconf eval --dataset aime25.jsonl ... --shard 1/2 --output s1/   # see eval/shards.py
 
 Registered by deepconf/cli.py as ``app.command("eval")(eval_command)`` etc.; `deepconf replay`
 lives in eval/replay_command.py. Parsing and printing only: the work is in eval.runner,
@@ -267,6 +268,15 @@ def eval_command(
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N problems.")] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="Only shard I of N: the problems at positions I, I+N, I+2N, ... (1-based) of"
+            " the dataset, e.g. 2/4 on the second of four machines; join the --output folders"
+            " with `deepconf eval-merge`.",
+        ),
+    ] = None,
     max_traces: Annotated[
         int, typer.Option("--max-traces", help="Traces streaming at once, over all problems.")
     ] = 64,
@@ -308,6 +318,12 @@ def eval_command(
             if limit < 1:
                 raise ConfigError(f"--limit must be at least 1, got {limit}")
             problems = problems[:limit]
+        part = None
+        if shard is not None:
+            from deepconf.eval.shards import Shard
+
+            part = Shard.parse(shard)
+            problems = part.select(problems)
         chosen = parse_methods(methods)
         backend = backend_from_flags(
             base_url,
@@ -343,7 +359,14 @@ def eval_command(
             note(said)
         if outside := _family_note(backend, problems, card):
             note(outside)
-        check_manifest(output, manifest_of(dataset, prompt_template, chosen, config))
+        shard_name = None if part is None else str(part)
+        check_manifest(
+            output, manifest_of(dataset, prompt_template, chosen, config, shard=shard_name)
+        )
+        if part is not None:
+            from deepconf.eval.shards import record_shard
+
+            record_shard(output, part, problems)
         results = asyncio.run(
             _eval_main(backend, problems, config, chosen, output, max_traces, parallel, err)
         )

@@ -138,8 +138,8 @@ def check_manifest(output: Path, manifest: dict[str, Any]) -> None:
     """Write run.json, or check that an existing one has the same settings."""
     path = output / "run.json"
     if path.exists():
-        old = _read_manifest(path)
-        diff = _differences(old, manifest)
+        old = read_manifest(path)
+        diff = setting_differences(old, manifest)
         if diff:
             shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:4])
             raise ConfigError(
@@ -151,7 +151,7 @@ def check_manifest(output: Path, manifest: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True))
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> dict[str, Any]:
     """run.json's settings; a file cut off or emptied (a kill between open and write, before
     writes were atomic, or a hand edit) is a ConfigError that says how to go on."""
     try:
@@ -186,26 +186,40 @@ def write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _differences(old: Any, new: Any, where: str = "") -> list[tuple[str, Any, Any]]:
+def setting_differences(old: Any, new: Any, where: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted setting, old value, new value) for each leaf that differs, e.g.
     ("config.sampling.temperature", 0.6, 1.0): the setting to name, not its section."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+            out += setting_differences(
+                old.get(key), new.get(key), f"{where}.{key}" if where else key
+            )
         return out
     return [] if old == new else [(where, old, new)]
 
 
-def manifest_of(dataset: str, template: str | None, methods: Sequence[str], config: Any) -> dict:
+def manifest_of(
+    dataset: str,
+    template: str | None,
+    methods: Sequence[str],
+    config: Any,
+    *,
+    shard: str | None = None,
+) -> dict:
     # Concurrency changes how fast, not what: a resume may use other limits.
     cfg = config.model_dump(mode="json", exclude={"concurrency"})
-    return {
+    manifest = {
         "dataset": dataset,
         "prompt_template": template,
         "methods": list(methods),
         "config": cfg,
     }
+    if shard is not None:
+        # Only a shard names one, so folders written before shards existed still resume;
+        # eval-merge (eval/shards.py) drops it, so a merged folder resumes unsharded.
+        manifest["shard"] = shard
+    return manifest
 
 
 # --- one problem -----------------------------------------------------------------------------
