@@ -135,7 +135,8 @@ PolicyName = Annotated[
     typer.Option(
         "--policy",
         help="Online policy: deepconf-low, deepconf-high, deepconf-adaptive, majority, tau,"
-        " esc, beta, beta-z, conf-beta, cisc or self-certainty (the table: deepconf.policies)."
+        " esc, beta, dirichlet, beta-z, conf-beta, cisc or self-certainty (the table:"
+        " deepconf.policies)."
         " \\[default: deepconf-<variant>]",
     ),
 ]

@@ -36,6 +36,7 @@ POLICY_NAMES: tuple[str, ...] = (
     "tau",
     "esc",
     "beta",
+    "dirichlet",
     "beta-z",
     "conf-beta",
     "cisc",

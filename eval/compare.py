@@ -27,7 +27,13 @@ from deepconf.eval.grading import Grader
 from deepconf.eval.replay import Pool, _Grades, simulate_policy
 from deepconf.policies import Policy, named_policy
 from deepconf.policies.filters import GroupThresholdPrune
-from deepconf.policies.stop import BetaPosterior, EscWindow, TauConsensus, WeightedPosterior
+from deepconf.policies.stop import (
+    BetaPosterior,
+    DirichletPosterior,
+    EscWindow,
+    TauConsensus,
+    WeightedPosterior,
+)
 from deepconf.policies.warmup import AdaptiveWarmup, FixedWarmup
 
 __all__ = [
@@ -57,6 +63,13 @@ def _sweep_beta() -> list[Policy]:
     return [_with(named_policy("beta"), f"P≥{c:g}", stop=BetaPosterior(c, 4)) for c in (0.9, 0.99)]
 
 
+def _sweep_dirichlet() -> list[Policy]:
+    return [
+        _with(named_policy("dirichlet"), f"P≥{c:g}", stop=DirichletPosterior(c, 4))
+        for c in (0.9, 0.99)
+    ]
+
+
 def _sweep_beta_z() -> list[Policy]:
     return [
         _with(named_policy("beta-z"), f"z≥{z:g}", stop=WeightedPosterior(z, 4)) for z in (1.5, 3.0)
@@ -81,6 +94,7 @@ SWEEPS: dict[str, Callable[[], list[Policy]]] = {
     "tau": _sweep_tau,
     "esc": _sweep_esc,
     "beta": _sweep_beta,
+    "dirichlet": _sweep_dirichlet,
     "beta-z": _sweep_beta_z,
     "deepconf": _sweep_deepconf,
 }

@@ -98,8 +98,8 @@ def replay_command(
         str,
         typer.Option(
             "--sweep",
-            help="Policy sweeps added to the comparison table: tau, esc, beta, beta-z, deepconf"
-            " (comma list).",
+            help="Policy sweeps added to the comparison table: tau, esc, beta, dirichlet,"
+            " beta-z, deepconf (comma list).",
         ),
     ] = "",
     repeats: Annotated[

@@ -12,6 +12,7 @@ decisions with it, live (deepconf/online.py) and in replay (eval/replay.py) alik
     tau                16          -               uniform    none                tau 0.95
     esc                1           -               uniform    none                ESC window 8
     beta               1           -               uniform    none                Beta P>=.95, 4 on
+    dirichlet          1           -               uniform    none                Dir. P>=.95, 4 on
     beta-z             1           -               uniform    none                z>=2, 4 on
     conf-beta          1           lowest          raw        none                wtd z>=2, 4 on
     cisc               16          lowest          softmax T1 none                tau 0.95
@@ -42,6 +43,7 @@ from deepconf.policies.signals import (
 )
 from deepconf.policies.stop import (
     BetaPosterior,
+    DirichletPosterior,
     EscWindow,
     NeverStop,
     TauConsensus,
@@ -88,6 +90,7 @@ _MAKERS: dict[str, Callable[[int, float], Policy]] = {
     "tau": lambda w, tau: _answers_only("tau", w, TauConsensus(tau)),
     "esc": lambda w, tau: _answers_only("esc", 1, EscWindow(8)),
     "beta": lambda w, tau: _answers_only("beta", 1, BetaPosterior(0.95, 4)),
+    "dirichlet": lambda w, tau: _answers_only("dirichlet", 1, DirichletPosterior(0.95, 4)),
     "beta-z": lambda w, tau: _answers_only("beta-z", 1, WeightedPosterior(2.0, 4)),
     "conf-beta": lambda w, tau: Policy(
         "conf-beta", FixedWarmup(1), _LOWEST, RawWeights(), NoFilter(), WeightedPosterior(2.0, 4)

@@ -12,6 +12,9 @@ plain loops, which tests/policies/test_stop.py compares it against.
     BetaPosterior(0.95)      Adaptive-Consistency's Beta stop: P(p_leader > p_runner-up)
                              under Beta(v1 + 1, v2 + 1) >= the confidence (Aggarwal et al.,
                              EMNLP 2023, arXiv 2305.11860)
+    DirichletPosterior(0.95) its Dirichlet stop over every answer seen: P(the leader is the
+                             true majority) under Dirichlet(v + 1) >= the confidence; the
+                             Beta stop for two answers (deepconf.policies.posterior)
     WeightedPosterior(2.0)   the same posterior over confidence-weighted pseudo-counts, by
                              its normal approximation: stop when z >= the bar
     NeverStop()              sample the whole budget (majority@N)
@@ -30,11 +33,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from deepconf.errors import ConfigError
+from deepconf.policies.posterior import (
+    beta_leader_probability,
+    dirichlet_leader_probability,
+    exact_dirichlet_leader_probability,
+    reference_beta_leader_probability,
+)
 from deepconf.policies.votes import VoteState
 from deepconf.voting import vote
 
 __all__ = [
     "BetaPosterior",
+    "DirichletPosterior",
     "EscWindow",
     "NeverStop",
     "StopRule",
@@ -98,48 +108,19 @@ class EscWindow:
         return state.votes > 0 and state.votes % self.window == 0 and state.run >= self.window
 
 
-def beta_leader_probability(leader: int, runner_up: int) -> float:
-    """P(p1 > p2) for (p1, p2) = the leader's and runner-up's shares, under Adaptive-
-    Consistency's Beta(leader + 1, runner_up + 1) posterior on p1 / (p1 + p2).
-
-    For integer a, b the Beta CDF is a binomial tail, I_x(a, b) = P(Bin(a + b - 1, x) >= a),
-    so P(p > 1/2) = P(Bin(a + b - 1, 1/2) <= a - 1): exact integer sums, no special functions.
-    """
-    a, b = leader + 1, runner_up + 1
-    n = a + b - 1
-    return sum(math.comb(n, j) for j in range(a)) / 2**n
-
-
-def reference_beta_leader_probability(leader: float, runner_up: float, steps: int = 20000) -> float:
-    """The slow reference: integrate the Beta(leader + 1, runner_up + 1) density over
-    (1/2, 1) by the midpoint rule, normalised by its integral over (0, 1)."""
-    a, b = leader + 1, runner_up + 1
-    h = 1.0 / steps
-    above = total = 0.0
-    for i in range(steps):
-        x = (i + 0.5) * h
-        d = math.exp((a - 1) * math.log(x) + (b - 1) * math.log1p(-x))
-        total += d
-        if x > 0.5:
-            above += d
-    return above / total
-
-
 @dataclass(frozen=True, slots=True)
 class BetaPosterior:
     """Adaptive-Consistency's Beta stop (arXiv 2305.11860, §2.2): with v1 votes for the
     leader and v2 for the runner-up, stop when P(p1 > p2 | Beta(v1+1, v2+1)) >= confidence,
-    from `min_votes` votes on. Plain counts: weights are ignored. The paper's Dirichlet
-    variant over every answer needs Monte Carlo; the Beta one over the top two is its
-    default and what is used here."""
+    from `min_votes` votes on. Plain counts: weights are ignored. Answers beyond the top two
+    are ignored too: DirichletPosterior weighs them."""
 
     confidence: float = 0.95
     min_votes: int = 4
     name: str = "beta"
 
     def __post_init__(self) -> None:
-        if not 0.5 < self.confidence < 1:
-            raise ConfigError(f"posterior confidence must be in (0.5, 1), got {self.confidence}")
+        _check_confidence(self.confidence)
 
     def should_stop(self, state: VoteState) -> bool:
         if state.votes < max(1, self.min_votes):
@@ -148,6 +129,38 @@ class BetaPosterior:
         v1 = rows[0].count
         v2 = rows[1].count if len(rows) > 1 else 0
         return beta_leader_probability(v1, v2) >= self.confidence
+
+
+def _check_confidence(confidence: float) -> None:
+    # At or below 1/2 a tied vote could stop; at 1 no finite count ever does.
+    if not 0.5 < confidence < 1:
+        raise ConfigError(f"posterior confidence must be in (0.5, 1), got {confidence}")
+
+
+@dataclass(frozen=True, slots=True)
+class DirichletPosterior:
+    """Adaptive-Consistency's Dirichlet stop (Aggarwal et al., "Let's Sample Step by Step",
+    EMNLP 2023, arXiv 2305.11860, §2.2): with counts v_1..v_m over the m answers seen, stop
+    when P(the leader's share is the largest | Dirichlet(v + 1)) >= confidence (the paper's
+    default 0.95), from `min_votes` votes on. Plain counts: weights are ignored.
+
+    For at most two answers it decides exactly as BetaPosterior; with more it stops no
+    sooner, since votes for a third answer make the leader less sure than the top two alone
+    say. The probability is computed without randomness (deepconf.policies.posterior), so
+    live solves and replay stop at the same vote."""
+
+    confidence: float = 0.95
+    min_votes: int = 4
+    name: str = "dirichlet"
+
+    def __post_init__(self) -> None:
+        _check_confidence(self.confidence)
+
+    def should_stop(self, state: VoteState) -> bool:
+        if state.votes < max(1, self.min_votes):
+            return False
+        counts = [r.count for r in state.rows.values()]
+        return dirichlet_leader_probability(counts) >= self.confidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +216,10 @@ def reference_should_stop(rule: StopRule, keys: Sequence[str], weights: Sequence
         top = [*sorted(counts.values(), reverse=True), 0]
         p = reference_beta_leader_probability(top[0], top[1])
         return p >= rule.confidence
+    if isinstance(rule, DirichletPosterior):
+        if n < max(1, rule.min_votes):
+            return False
+        return exact_dirichlet_leader_probability(list(counts.values())) >= rule.confidence
     if isinstance(rule, WeightedPosterior):
         total = math.fsum(sums.values())
         if n < max(1, rule.min_votes) or total <= 0:

@@ -59,7 +59,7 @@ def test_samples_replay_exactly_like_traces_for_answer_only_rules(
     full = Pool("p", traces, {"window": 8})
     order = rng.permutation(40).tolist()
     answer_only = default_policies(answer_only=True) + sweep_policies(
-        ["tau", "esc", "beta", "beta-z"], answer_only=True
+        ["tau", "esc", "beta", "dirichlet", "beta-z"], answer_only=True
     )
     assert answer_only and all(not p.needs_confidence for p in answer_only)
     for policy in answer_only:
@@ -71,7 +71,7 @@ def test_samples_replay_exactly_like_traces_for_answer_only_rules(
 
 def test_answer_only_leaves_out_the_rules_that_need_confidence() -> None:
     names = {p.name for p in default_policies(answer_only=True)}
-    assert names == {"majority", "tau", "esc", "beta", "beta-z"}
+    assert names == {"majority", "tau", "esc", "beta", "dirichlet", "beta-z"}
     assert {p.name for p in default_policies(answer_only=False)} == set(POLICY_NAMES)
 
 
@@ -104,7 +104,7 @@ def test_comparison_is_paired_and_measured_against_majority(tmp_path: Path) -> N
     table = compare_policies(pools, golds, policies, budget=48, repeats=16)
     by = {r.policy: r for r in table[:-1]}
     assert by["majority"].delta_tokens == 0.0 and by["majority"].accuracy == 1.0
-    for name in ("tau", "esc", "beta", "beta-z"):
+    for name in ("tau", "esc", "beta", "dirichlet", "beta-z"):
         assert by[name].accuracy == 1.0 and by[name].delta_tokens < 0  # type: ignore[operator]
     assert table[-1] == by["esc"]
     assert all(r.low <= r.accuracy <= r.high for r in table)
@@ -134,11 +134,19 @@ def test_replay_command_prints_the_policy_table_for_samples(tmp_path: Path) -> N
     r = CliRunner().invoke(app, [*args, "--sweep", "esc", "--output", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
     assert "majority@16" in r.output
-    for name in ("| majority |", "| tau |", "| esc |", "| beta |", "| beta-z |", "| esc (w=4) |"):
+    for name in ("| majority |", "| tau |", "| esc |", "| beta |", "| dirichlet |", "| beta-z |"):
         assert name in r.output
+    assert "| esc (w=4) |" in r.output
     assert "deepconf-low" not in r.output
     saved = [json.loads(x) for x in (tmp_path / "out" / "policies.jsonl").read_text().splitlines()]
-    assert [s["policy"] for s in saved][:5] == ["majority", "tau", "esc", "beta", "beta-z"]
+    assert [s["policy"] for s in saved][:6] == [
+        "majority",
+        "tau",
+        "esc",
+        "beta",
+        "dirichlet",
+        "beta-z",
+    ]
 
 
 row_strategy = st.builds(

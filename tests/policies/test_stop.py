@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepconf.errors import ConfigError
+from deepconf.policies.posterior import exact_dirichlet_leader_probability
 from deepconf.policies.stop import (
     BetaPosterior,
+    DirichletPosterior,
     EscWindow,
     NeverStop,
     StopRule,
@@ -34,6 +36,8 @@ RULES: list[StopRule] = [
     EscWindow(8),
     BetaPosterior(0.95, 4),
     BetaPosterior(0.8, 1),
+    DirichletPosterior(0.95, 4),
+    DirichletPosterior(0.8, 1),
     WeightedPosterior(2.0, 4),
     WeightedPosterior(1.0, 1),
 ]
@@ -58,6 +62,10 @@ def _near_boundary(rule: StopRule, keys: list[str], weights: list[float]) -> boo
     if isinstance(rule, BetaPosterior) and keys:
         counts = [*sorted((keys.count(k) for k in set(keys)), reverse=True), 0]
         return abs(_reference_p(counts[0], counts[1]) - rule.confidence) < 1e-6
+    if isinstance(rule, DirichletPosterior) and keys:
+        # the exact rational reference: only a float-noise tie with the bar is ambiguous
+        exact = exact_dirichlet_leader_probability([keys.count(k) for k in set(keys)])
+        return abs(float(exact) - rule.confidence) < 1e-12
     return False
 
 
@@ -152,6 +160,7 @@ def test_confident_votes_count_more_in_the_weighted_posterior() -> None:
         lambda: EscWindow(0),
         lambda: BetaPosterior(0.5),
         lambda: BetaPosterior(1.0),
+        lambda: DirichletPosterior(0.5),
     ],
 )
 def test_out_of_range_settings_are_config_errors(make: object) -> None:
