@@ -22,23 +22,13 @@ from __future__ import annotations
 
 from deepconf.controller import SolveRun
 from deepconf.policies import Ended, PolicyRun, policy_for
+from deepconf.policies.describe import describe
 from deepconf.policies.filters import warmup_threshold
 from deepconf.result import SolveResult
 from deepconf.trace import TraceRecord, TraceStatus
 from deepconf.voting import vote
 
-__all__ = ["run_online", "votes_online", "warmup_threshold"]
-
-
-def votes_online(record: TraceRecord, threshold: float) -> bool:
-    """Whether a trace that ended may vote: it ran to its end, has an answer, and its
-    lowest-group confidence passes the threshold (the same filter as offline)."""
-    return (
-        record.finished
-        and record.answer is not None
-        and record.metrics is not None
-        and record.metrics.lowest >= threshold
-    )
+__all__ = ["run_online", "warmup_threshold"]
 
 
 async def run_online(run: SolveRun) -> SolveResult:
@@ -65,7 +55,7 @@ async def run_online(run: SolveRun) -> SolveResult:
     await run.generate("warmup", decide.warmup_traces, threshold=None, on_finish=on_warmup)
     if not decide.warm:  # stopped (token budget, failures) before any warm-up trace finished
         run.table = vote([], keys=run.keys)  # the provisional majority is not a vote
-        return _with_majority(run, run.result(run.table, _methods(run), empty))
+        return _with_majority(run, run.result(run.table, _methods(run), empty), decide)
 
     # 2-3. Threshold from the warm-up's signals; the warm-up traces that pass it seed the vote.
     decide.end_warmup()
@@ -92,12 +82,14 @@ async def run_online(run: SolveRun) -> SolveResult:
             "online", cfg.budget - warm_used, threshold=decide.prune_threshold, on_finish=on_finish
         )
 
-    return _with_majority(run, run.result(run.table, _methods(run), empty))
+    return _with_majority(run, run.result(run.table, _methods(run), empty), decide)
 
 
-def _with_majority(run: SolveRun, result: SolveResult) -> SolveResult:
-    """The result with plain majority's vote beside DeepConf's (over the same ended traces)."""
+def _with_majority(run: SolveRun, result: SolveResult, decide: PolicyRun) -> SolveResult:
+    """The result with plain majority's vote beside DeepConf's (over the same ended traces),
+    and the policy that decided, in words."""
     result.majority_votes = list(run.majority().rows)
+    result.policy = describe(decide.policy)
     return result
 
 

@@ -244,22 +244,25 @@ async def test_progress_shows_a_provisional_majority_leader_during_warmup() -> N
 @pytest.mark.parametrize("status", list(TraceStatus))
 def test_only_traces_that_ran_to_their_end_vote_online(status) -> None:
     """A pruned, cancelled or failed trace never votes, even with an answer and a lowest
-    group above the threshold (a cancelled trace can carry a complete \\boxed{} answer)."""
+    group above the threshold (a cancelled trace can carry a complete \\boxed{} answer);
+    a trace that ran to its end votes when its lowest group reaches the threshold."""
+    from deepconf.answers import AnswerKeys
     from deepconf.confidence import TraceMetrics
-    from deepconf.online import votes_online
+    from deepconf.policies import Ended, PolicyRun, policy_for
     from deepconf.trace import TraceRecord
 
-    record = TraceRecord(
-        index=0,
-        phase="online",
-        status=status,
-        tokens=10,
-        answer="7",
-        metrics=TraceMetrics(mean=9.0, tail=9.0, bottom=9.0, lowest=9.0),
-    )
+    def ended(index: int, lowest: float, status: TraceStatus) -> Ended:
+        metrics = TraceMetrics(mean=9.0, tail=9.0, bottom=9.0, lowest=lowest)
+        record = TraceRecord(index, "online", status, 10, answer="7", metrics=metrics)
+        return Ended(record.index, record.answer, record.metrics, record.finished)
+
+    decide = PolicyRun(policy_for(make_config(warmup=1, budget=8)), 8, 20, AnswerKeys())
+    decide.warmup_ended(ended(0, 8.0, TraceStatus.COMPLETED))
+    decide.end_warmup()  # one warm-up trace: s = its lowest group, 8.0 (less the tolerance)
     ran_to_end = status in (TraceStatus.COMPLETED, TraceStatus.TRUNCATED)
-    assert votes_online(record, threshold=5.0) is ran_to_end
-    assert votes_online(record, threshold=9.5) is False  # below the threshold: never
+    decide.ended(ended(1, 9.0, status))
+    decide.ended(ended(2, 7.5, status))  # below the threshold: never
+    assert [v.index for v in decide.voters] == ([0, 1] if ran_to_end else [0])
 
 
 async def test_a_weight_tie_goes_to_the_lower_trace_index_not_the_first_to_finish() -> None:
