@@ -31,6 +31,7 @@ from deepconf.cli_common import (
     BottomFraction,
     Budget,
     Concurrency,
+    KeepPercent,
     MaxEventMb,
     MaxTokens,
     Mode,
@@ -213,6 +214,7 @@ def solve(
     mode: Mode = None,
     variant: Variant = None,
     policy: PolicyName = None,
+    keep_percent: KeepPercent = None,
     budget: Budget = None,
     token_budget: TokenBudget = None,
     warmup: Warmup = None,
@@ -269,6 +271,7 @@ def solve(
             mode=mode,
             variant=variant,
             policy=policy,
+            keep_percent=keep_percent,
             budget=budget,
             token_budget=token_budget,
             warmup=warmup,
@@ -285,6 +288,11 @@ def solve(
             seed=seed,
             system=system,
         )
+        if config.mode == "offline" and config.keep_percent is not None:
+            raise ConfigError(
+                "--keep-percent sets the online filter; offline, the keep percent is part of"
+                " --offline-method (e.g. tail@10 or tail@90)"
+            )
         if (said := card_note(from_card, source)) and not as_json:
             note(said)
         if family := _family_note(backend, text):

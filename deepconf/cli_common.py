@@ -140,6 +140,15 @@ PolicyName = Annotated[
         " \\[default: deepconf-<variant>]",
     ),
 ]
+KeepPercent = Annotated[
+    float | None,
+    typer.Option(
+        "--keep-percent",
+        help="eta: percent of warm-up traces the online filter keeps, above 0 and at most 100"
+        " (DeepConf-low is 10, -high 90); for the policies with a warm-up filter."
+        " \\[default: --variant's]",
+    ),
+]
 Budget = Annotated[
     int | None,
     typer.Option("--budget", help="Trace budget, warm-up included. \\[default: 64]"),

@@ -19,7 +19,8 @@ Variant = Literal["low", "high"]
 Metric = Literal["mean", "tail", "bottom", "lowest"]
 
 # DeepConf-low keeps the top 10% of warm-up traces, DeepConf-high the top 90%. We expose the
-# keep fraction by name because a raw "percentile" flips meaning between the paper's files.
+# keep fraction by name because a raw "percentile" flips meaning between the paper's files;
+# `keep_percent` (--keep-percent) sets it directly, still as a percent kept.
 KEEP_PERCENT: dict[str, float] = {"low": 10.0, "high": 90.0}
 
 METRICS: tuple[str, ...] = ("mean", "tail", "bottom", "lowest")
@@ -40,6 +41,14 @@ POLICY_NAMES: tuple[str, ...] = (
     "beta-z",
     "conf-beta",
     "cisc",
+    "self-certainty",
+)
+# The policies whose filter keeps the top eta% of the warm-up: --keep-percent sets their eta
+# (tests/policies/test_keep_percent.py holds this list to the policies deepconf.policies builds).
+KEEP_POLICIES: tuple[str, ...] = (
+    "deepconf-low",
+    "deepconf-high",
+    "deepconf-adaptive",
     "self-certainty",
 )
 
@@ -129,6 +138,12 @@ class DeepConfConfig(StrictModel):
         description="Online policy by name (deepconf.policies); none: deepconf-<variant>."
         " --warmup and --tau apply to the policies that have them.",
     )
+    keep_percent: float | None = Field(
+        None,
+        description="eta: the percent of warm-up traces the online filter keeps (0 < eta <= 100;"
+        " DeepConf-low is 10, -high 90); none: the variant's, or the policy's own. Online"
+        " only: offline methods name theirs (tail@10).",
+    )
     offline_method: str = Field(
         "tail@10",
         description="Offline answer: majority, <metric> or <metric>@<eta>"
@@ -155,6 +170,27 @@ class DeepConfConfig(StrictModel):
             raise ValueError(f"unknown policy {policy!r}: use one of {', '.join(POLICY_NAMES)}")
         return policy
 
+    @field_validator("keep_percent")
+    @classmethod
+    def _keep_percent(cls, eta: float | None) -> float | None:
+        if eta is not None and not 0 < eta <= 100:  # NaN fails the comparison too
+            raise ValueError(
+                f"--keep-percent must be above 0 and at most 100, got {eta}: it is the percent"
+                " of warm-up traces kept (DeepConf-low keeps 10, -high 90); leave it unset to"
+                " use --variant's"
+            )
+        return eta
+
+    @model_validator(mode="after")
+    def _keep_percent_needs_a_filter(self) -> DeepConfConfig:
+        if self.keep_percent is not None and self.policy not in (None, *KEEP_POLICIES):
+            raise ValueError(
+                f"--keep-percent sets the warm-up filter, and policy {self.policy!r} has none"
+                f" (every trace with an answer votes): drop --keep-percent, or choose one of"
+                f" {', '.join(KEEP_POLICIES)}"
+            )
+        return self
+
     @model_validator(mode="after")
     def _warmup_within_budget(self) -> DeepConfConfig:
         if self.mode == "online" and self.warmup > self.budget:
@@ -163,11 +199,6 @@ class DeepConfConfig(StrictModel):
                 " counts warm-up traces, so raise --budget or lower --warmup"
             )
         return self
-
-    @property
-    def keep_percent(self) -> float:
-        """eta: the percent of warm-up traces whose confidence sets the threshold."""
-        return KEEP_PERCENT[self.variant]
 
 
 def settings_message(exc: ValueError) -> str:

@@ -20,6 +20,8 @@ decisions with it, live (deepconf/online.py) and in replay (eval/replay.py) alik
 
 `warmup` and `tau` override the warm-up size and tau of the policies that have them (the
 CLI's --warmup / --tau); esc and the posterior rules have their own minimum instead.
+`keep_percent` (--keep-percent) sets eta of the policies whose filter keeps the top eta% of
+the warm-up (config.KEEP_POLICIES); the others have no filter and refuse it.
 
     policy = named_policy("esc")
     run = PolicyRun(policy, budget=64, k=20, keys=AnswerKeys())
@@ -28,9 +30,10 @@ CLI's --warmup / --tau); esc and the posterior rules have their own minimum inst
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
-from deepconf.config import POLICY_NAMES, DeepConfConfig
+from deepconf.config import KEEP_POLICIES, POLICY_NAMES, DeepConfConfig
 from deepconf.errors import ConfigError
 from deepconf.policies.filters import GroupThresholdPrune, NoFilter, TopEtaFilter
 from deepconf.policies.run import Ended, Policy, PolicyRun
@@ -110,16 +113,40 @@ _MAKERS: dict[str, Callable[[int, float], Policy]] = {
 assert tuple(_MAKERS) == POLICY_NAMES, "config.POLICY_NAMES lists the policies in this order"
 
 
-def named_policy(name: str, *, warmup: int = 16, tau: float = 0.95) -> Policy:
-    """The named policy at its defaults (warm-up size and tau where it has them)."""
+def named_policy(
+    name: str, *, warmup: int = 16, tau: float = 0.95, keep_percent: float | None = None
+) -> Policy:
+    """The named policy at its defaults (warm-up size, tau and keep percent where it has
+    them; keep_percent None: the policy's own eta)."""
     maker = _MAKERS.get(name)
     if maker is None:
         raise ConfigError(f"unknown policy {name!r}: use one of {', '.join(POLICY_NAMES)}")
-    return maker(warmup, tau)
+    policy = maker(warmup, tau)
+    return policy if keep_percent is None else _keeping(policy, keep_percent)
+
+
+def _keeping(policy: Policy, eta: float) -> Policy:
+    """The policy with its warm-up filter keeping the top eta% instead. At its own eta it is
+    unchanged; at another it is renamed, because "deepconf-low" means eta 10 and a summary
+    must not call an eta-50 run by that name (deepconf-low and -high then differ in
+    nothing, so both become "deepconf (η=50)")."""
+    if not isinstance(policy.filter, GroupThresholdPrune | TopEtaFilter):
+        raise ConfigError(
+            f"--keep-percent sets the warm-up filter, and policy {policy.name!r} has none:"
+            f" drop --keep-percent, or choose one of {', '.join(KEEP_POLICIES)}"
+        )
+    if policy.filter.eta == eta:
+        return policy
+    base = "deepconf" if policy.name in ("deepconf-low", "deepconf-high") else policy.name
+    return dataclasses.replace(
+        policy, name=f"{base} (η={eta:g})", filter=dataclasses.replace(policy.filter, eta=eta)
+    )
 
 
 def policy_for(config: DeepConfConfig) -> Policy:
     """The policy an online solve runs: `config.policy`, or deepconf-<variant> by default,
-    with the config's warm-up and tau."""
+    with the config's warm-up, tau and keep percent."""
     name = config.policy or f"deepconf-{config.variant}"
-    return named_policy(name, warmup=config.warmup, tau=config.tau)
+    return named_policy(
+        name, warmup=config.warmup, tau=config.tau, keep_percent=config.keep_percent
+    )

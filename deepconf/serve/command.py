@@ -19,6 +19,7 @@ import typer
 from deepconf.cli_common import (
     Budget,
     Concurrency,
+    KeepPercent,
     MaxEventMb,
     MaxTokens,
     Mode,
@@ -114,6 +115,7 @@ def serve_command(
     max_event_mb: MaxEventMb = 16.0,
     mode: Mode = None,
     variant: Variant = None,
+    keep_percent: KeepPercent = None,
     budget: Budget = None,
     token_budget: TokenBudget = None,
     warmup: Warmup = None,
@@ -139,6 +141,7 @@ def serve_command(
         defaults = config_from_flags(
             mode=mode,
             variant=variant,
+            keep_percent=keep_percent,
             budget=budget,
             token_budget=token_budget,
             warmup=warmup,

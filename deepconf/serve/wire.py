@@ -40,6 +40,7 @@ class DeepConfOverrides(StrictModel):
 
     mode: Literal["online", "offline"] | None = None
     variant: Literal["low", "high"] | None = None
+    keep_percent: float | None = None
     budget: int | None = None
     token_budget: int | None = None
     warmup: int | None = None
