@@ -78,6 +78,8 @@ class SolveResult:
             same traces DeepConf chose from), strongest first: the safety net shown beside
             DeepConf's answer (`majority`, `agrees`).
         offline_method: offline: the voting method that chose `answer` (e.g. tail@10).
+        policy: online: the policy that decided, in words (deepconf.policies.describe:
+            name, warmup, vote, filter, stop); offline: None.
     """
 
     answer: str | None
@@ -97,6 +99,7 @@ class SolveResult:
     tokens_majority_estimate: float | None = None
     majority_votes: list[VoteRow] = field(default_factory=list)
     offline_method: str | None = None
+    policy: dict[str, str] | None = None
 
     def count(self, status: TraceStatus) -> int:
         return sum(1 for t in self.traces if t.status == status)
@@ -155,6 +158,7 @@ class SolveResult:
             "methods": dict(self.methods),
             "majority": self.majority_dict(),
             "offline_method": self.offline_method,
+            "policy": dict(self.policy) if self.policy is not None else None,
             "mode": self.mode,
             "variant": self.variant,
             "budget": self.budget,

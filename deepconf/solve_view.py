@@ -3,7 +3,9 @@
 The summary puts plain majority beside DeepConf's confidence vote, always: the vote table
 has a column for each, and a line says whether they agree. Confidence can mislead (a model
 confidently repeating one wrong carry), and majority over the same traces is the safety net
-users check it against. Printing only: nothing here runs or votes.
+users check it against. A line names the policy that decided (its warm-up, vote, filter and
+stop rule), so a `--policy` choice, or the default DeepConf-low, is visible in the output.
+Printing only: nothing here runs or votes.
 
     console.print(progress_table(progress, started))         # inside rich.live.Live
     print_summary(console, result)
@@ -93,13 +95,29 @@ def tokens_line(result: SolveResult) -> str:
     return line
 
 
+def policy_line(result: SolveResult) -> str | None:
+    """Which rules decided: online the policy (--policy, default deepconf-<variant>) with its
+    warm-up, vote, filter and stop in words; offline the voting method. None for a result
+    that does not record its policy (one built by hand)."""
+    if result.policy is not None:
+        from deepconf.policies.describe import describe_line
+
+        return f"policy: {escape(describe_line(result.policy))}"
+    if result.mode == "offline":
+        return f"offline method: {escape(result.method)} (every trace ran to its end, then voted)"
+    return None
+
+
 def print_summary(console: Console, result: SolveResult) -> None:
-    """The vote table, majority beside DeepConf, tokens, trace counts and the answer."""
+    """The vote table, majority beside DeepConf, tokens, the policy, trace counts and the
+    answer."""
     console.print(vote_table(result))
     if result.fallback:
         console.print(f"[yellow]note:[/] {escape(result.fallback)}")
     console.print(majority_line(result))
     console.print(tokens_line(result))
+    if (policy := policy_line(result)) is not None:
+        console.print(policy, highlight=False)
     statuses: dict[str, int] = {}
     for trace in result.traces:
         statuses[str(trace.status)] = statuses.get(str(trace.status), 0) + 1
