@@ -28,9 +28,7 @@ async def run_offline(run: SolveRun) -> SolveResult:
     tables: dict[str, VoteTable] = {
         m: method_vote(m, answers, metrics, run.keys) for m in OFFLINE_METHODS
     }
-    if cfg.offline_method not in tables:
-        tables[cfg.offline_method] = method_vote(cfg.offline_method, answers, metrics, run.keys)
-    run.table = tables[cfg.offline_method]
+    run.table = tables[cfg.offline_method]  # config allows only these (METHOD_PATTERN)
     methods = {m: t.leader for m, t in tables.items()}
     empty = f"The {cfg.offline_method} vote is empty"
     result = run.result(run.table, methods, empty)

@@ -136,3 +136,42 @@ async def test_result_dict_is_json_and_leaves_out_token_confs_by_default() -> No
     assert {"status", "tokens", "metrics", "answer", "index", "phase"} <= set(t0)
     assert "token_confs" not in t0
     assert len(result.to_dict(token_confs=True)["traces"][0]["token_confs"]) == 20
+
+
+# --- pinned by mutation testing (.ci/mutation) ---------------------------------------------------
+# Each test below failed on a mutant of deepconf/offline.py that every test above let through.
+
+
+async def test_every_offline_method_names_a_class_as_the_problem_first_saw_it() -> None:
+    """All thirteen votes share the solve's AnswerKeys: 1/2 first seen as 0.5 is "0.5" in
+    every method's leader and row, and plain majority rides beside as majority_votes."""
+    scripts = {0: Script(conf=10.0, answer="0.5")}
+    scripts |= {i: Script(conf=18.0, answer="1/2") for i in range(1, 4)}
+    cfg = make_config(mode="offline", budget=4, concurrency=1, offline_method="lowest@10")
+    result = await DeepConf(FakeBackend(scripts), cfg).solve("q")
+    assert set(result.methods.values()) == {"0.5"}
+    assert [(v.answer, v.count) for v in result.votes] == [("0.5", 3)]  # the top 10% of 4
+    assert [(v.answer, v.count) for v in result.majority_votes] == [("0.5", 4)]
+    assert result.offline_method == "lowest@10" and result.fallback is None
+
+
+async def test_an_empty_offline_vote_says_which_method_was_empty() -> None:
+    """No trace wrote an answer: the fallback sentence names the configured method."""
+    scripts = {i: Script(conf=12.0, answer=None) for i in range(3)}
+    cfg = make_config(mode="offline", budget=3, offline_method="mean@90")
+    result = await DeepConf(FakeBackend(scripts), cfg).solve("q")
+    assert result.answer is None and result.offline_method == "mean@90"
+    assert result.fallback == (
+        "The mean@90 vote is empty, and no trace that ran to completion gave an answer."
+    )
+
+
+async def test_offline_progress_carries_the_provisional_majority() -> None:
+    """While offline traces end, each snapshot's leader is plain majority so far (every
+    trace is tallied as it ends), before the final vote."""
+    leaders: list[str | None] = []
+    cfg = make_config(mode="offline", budget=6, concurrency=1)
+    await DeepConf(
+        FakeBackend(dict(OFFLINE_SCRIPTS)), cfg, on_progress=lambda p: leaders.append(p.leader)
+    ).solve("q")
+    assert "1" in leaders
