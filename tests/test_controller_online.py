@@ -287,3 +287,33 @@ async def test_a_weight_tie_goes_to_the_lower_trace_index_not_the_first_to_finis
     result = await DeepConf(fake, cfg).solve("q")
     assert [(v.answer, v.count) for v in result.votes] == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
     assert result.answer == "a"
+
+
+# --- pinned by mutation testing (.ci/mutation) ---------------------------------------------------
+# Each test below failed on a mutant of deepconf/online.py that every test above let through.
+
+
+async def test_the_vote_weighs_each_voter_as_the_policy_says() -> None:
+    """Under the majority policy every voter weighs 1, not its lowest-group confidence (12):
+    the votes, the methods (exactly DeepConf's and majority's) and majority's rows say so."""
+    scripts = {i: Script(conf=12.0, answer=a) for i, a in enumerate(["7", "7", "3"])}
+    cfg = make_config(warmup=3, budget=3, concurrency=1, policy="majority")
+    result = await DeepConf(FakeBackend(scripts), cfg).solve("q")
+    assert [(v.answer, v.count, v.weight) for v in result.votes] == [("7", 2, 2.0), ("3", 1, 1.0)]
+    assert result.methods == {"deepconf": "7", "majority": "7"}
+    assert [(v.answer, v.count) for v in result.majority_votes] == [("7", 2), ("3", 1)]
+
+
+async def test_an_empty_online_vote_falls_back_to_majority_and_says_why() -> None:
+    """Only the confident warm-up trace passes DeepConf-low's threshold, and it wrote no
+    answer: the vote is empty, so plain majority over the finished traces answers, and the
+    fallback sentence says so."""
+    scripts = {0: Script(conf=10.0, answer="7"), 1: Script(conf=10.0, answer="7")}
+    scripts[2] = Script(conf=18.0, answer=None)
+    cfg = make_config(variant="low", warmup=3, budget=3, concurrency=1)
+    result = await DeepConf(FakeBackend(scripts), cfg).solve("q")
+    assert result.answer == "7" and result.methods == {"deepconf": None, "majority": "7"}
+    assert result.fallback == (
+        "No trace passed the confidence threshold with an answer, so the answer is plain"
+        " majority over the 3 traces that ran to completion."
+    )
