@@ -382,7 +382,12 @@ def bench(
         raise typer.Exit(0 if which else 2)
     if which not in _BENCHMARKS:
         raise fail(f"unknown benchmark {which!r}: choose {' or '.join(_BENCHMARKS)}")
-    importlib.import_module(_BENCHMARKS[which]).main(list(ctx.args))
+    # argparse names itself after argv[0]: "usage: deepconf bench stream ...", not "deepconf".
+    argv0, sys.argv[0] = sys.argv[0], f"deepconf bench {which}"
+    try:
+        importlib.import_module(_BENCHMARKS[which]).main(list(ctx.args))
+    finally:
+        sys.argv[0] = argv0
 
 
 # Commands that live beside what they drive; registered here, the one composition root.

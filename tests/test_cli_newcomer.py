@@ -89,6 +89,7 @@ def test_bench_help_is_the_benchmarks_own():
     bench help); `deepconf bench --help` still explains bench."""
     own = _run("bench", "stream", "--help")
     assert own.exit_code == 0 and "--per-chunk" in own.output
+    assert own.output.startswith("usage: deepconf bench stream [-h]")
     generic = _run("bench", "--help")
     assert generic.exit_code == 0 and "stream (client hot path)" in generic.output
 
