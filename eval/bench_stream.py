@@ -14,10 +14,13 @@ confidence work after parsing: the (n, k) logprob matrix -> `token_confidence` -
 Every path must end at the same lowest group confidence; the run fails loudly otherwise.
 `--long-lines` measures the SSE framing alone instead: single-event lines of 1, 16 and 32 MiB
 in 16 and 64 KiB reads, and the vLLM stream, for `SSEDecoder` beside the old quadratic one.
+`--end-to-end` measures whole processes instead: `deepconf solve` against a replay server
+beside an openai SDK client, tokens per CPU-second (eval/bench_end_to_end.py).
 
     python -m deepconf.eval.bench_stream                   # 4000 tokens, k=20, window 2048
     python -m deepconf.eval.bench_stream --tokens 20000 --per-chunk 1 4
     python -m deepconf.eval.bench_stream --long-lines --line-mib 1 16 32 --read-kib 16 64
+    python -m deepconf.eval.bench_stream --end-to-end --traces 128 --tokens 2000
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import contextlib
 import json
 import random
 import string
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -335,6 +339,12 @@ def bench(n_tokens: int, per_chunk: int, window: int, repeats: int) -> list[Row]
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--end-to-end" in argv:  # its own flags (--traces, --concurrency, ...) and --help
+        from deepconf.eval import bench_end_to_end
+
+        bench_end_to_end.main([a for a in argv if a != "--end-to-end"])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=4000)
     ap.add_argument("--per-chunk", type=int, nargs="+", default=[1, 4])
@@ -343,6 +353,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--long-lines", action="store_true", help="SSE framing alone, old vs new")
     ap.add_argument("--line-mib", type=int, nargs="+", default=[1, 16, 32])
     ap.add_argument("--read-kib", type=int, nargs="+", default=[16, 64])
+    ap.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="deepconf solve vs an openai SDK client as processes, tokens per CPU-second"
+        " (--end-to-end --help lists its flags)",
+    )
     args = ap.parse_args(argv)
     if args.long_lines:
         bench_framing(args.line_mib, args.read_kib, args.repeats)

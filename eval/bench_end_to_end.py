@@ -1,0 +1,197 @@
+"""Benchmark: tokens per CPU-second end to end, `deepconf solve` beside an openai SDK client.
+
+`deepconf bench stream --end-to-end` starts the replay server (eval/replay_server.py: vLLM
+chat chunks, 1 token per chunk, top-20 logprobs, sent as fast as a socket takes them) in its
+own process, then runs two clients against it, each a process of its own, one after the
+other, best of `--repeats`:
+
+    deepconf      `deepconf solve --mode offline --budget N --concurrency C --json`: raw SSE
+                  bytes to a voted answer, start-up (imports, probe-less open) included
+    openai SDK    AsyncOpenAI, the same N requests, C at a time, stream=True, top_logprobs=k,
+                  each token's confidence (-mean of its top-k logprobs) appended to a list:
+                  what a minimal DeepConf client written on the SDK does
+
+Each client's CPU time (user + system) is what `getrusage(RUSAGE_CHILDREN)` gains when it is
+reaped, so the server's own CPU never counts (it is reaped at the end). Tokens are what each
+client counted itself; the run fails when either counted fewer than N x tokens.
+
+    deepconf bench stream --end-to-end                                 # 128 x 2000, 32 in flight
+    deepconf bench stream --end-to-end --traces 4 --tokens 50 --repeats 1   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from deepconf.eval.serve_processes import CLI, _Process, free_port
+
+K = 20
+REPLAY = "from deepconf.eval.replay_server import main; main()"
+SDK = "from deepconf.eval.bench_end_to_end import sdk_main; sdk_main()"
+
+
+class ReplayServer(_Process):
+    """`python -m deepconf.eval.replay_server` on a free loopback port, started and up."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        super().__init__([REPLAY, "--port", str(self.port)], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the replay server exited: {self.log_text()[-2000:]}")
+            try:
+                if httpx.get(self.base_url + "/models", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)  # start-up poll
+        self.close()
+        raise RuntimeError("the replay server did not answer /v1/models in time")
+
+    def __enter__(self) -> ReplayServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Run:
+    client: str
+    tokens: int
+    cpu_s: float
+    wall_s: float
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.tokens / self.cpu_s
+
+
+def timed_child(name: str, args: list[str]) -> tuple[str, float, float]:
+    """Run a child to its end: (its stdout, its CPU seconds, wall seconds)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} exited {done.returncode}: {done.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return done.stdout, cpu, wall
+
+
+def run_deepconf(base_url: str, traces: int, tokens: int, concurrency: int) -> Run:
+    args = [sys.executable, "-P", "-c", CLI, "solve", "--base-url", base_url]
+    args += ["--mode", "offline", "--budget", str(traces), "--concurrency", str(concurrency)]
+    args += ["--max-tokens", str(tokens), "--no-probe", "--top-logprobs", str(K)]
+    args += ["--seed", "0", "--json", "q"]
+    out, cpu, wall = timed_child("deepconf solve", args)
+    result = json.loads(out)
+    if result["answer"] != "42":
+        raise RuntimeError(f"deepconf answered {result['answer']!r}, not 42")
+    return Run("deepconf solve", int(result["tokens"]["total"]), cpu, wall)
+
+
+def run_sdk(base_url: str, traces: int, tokens: int, concurrency: int) -> Run:
+    args = [sys.executable, "-P", "-c", SDK, base_url, str(traces), str(tokens)]
+    out, cpu, wall = timed_child("the openai SDK client", [*args, str(concurrency)])
+    return Run("openai SDK", int(out.split()[-1]), cpu, wall)
+
+
+# --- the baseline client, run in its own process ------------------------------------------
+
+
+async def sdk_client(base_url: str, traces: int, tokens: int, concurrency: int) -> int:
+    """The same requests through AsyncOpenAI; returns the tokens it scored."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> list[float]:
+        confs: list[float] = []
+        async with gate:
+            stream = await client.chat.completions.create(
+                model="replay-model",
+                messages=[{"role": "user", "content": "q"}],
+                stream=True,
+                logprobs=True,
+                top_logprobs=K,
+                max_tokens=tokens,
+                seed=i,
+                stream_options={"include_usage": True},
+            )
+            async with stream:
+                async for chunk in stream:
+                    for choice in chunk.choices:
+                        if choice.logprobs and choice.logprobs.content:
+                            for c in choice.logprobs.content:
+                                tops = c.top_logprobs
+                                confs.append(-sum(t.logprob for t in tops) / len(tops))
+        return confs
+
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(traces)))
+    finally:
+        await client.close()
+    return sum(len(c) for c in results)
+
+
+def sdk_main() -> None:
+    base_url, traces, tokens, concurrency = sys.argv[1], *map(int, sys.argv[2:5])
+    print(asyncio.run(sdk_client(base_url, traces, tokens, concurrency)))
+
+
+# --- harness ------------------------------------------------------------------------------
+
+
+def best(runs: list[Run]) -> Run:
+    return max(runs, key=lambda r: r.per_cpu_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--traces", type=int, default=128)
+    ap.add_argument("--tokens", type=int, default=2000, help="tokens per trace")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per client")
+    args = ap.parse_args(argv)
+    n, t, c = args.traces, args.tokens, args.concurrency
+    want = n * t
+    print(
+        f"end to end: {n} traces x {t} tokens, {c} in flight, 1 token per chunk, k={K},"
+        f" replay server in its own process; best of {args.repeats}, CPU = user + sys of the"
+        " client process, start-up included"
+    )
+    runs: dict[str, list[Run]] = {"deepconf solve": [], "openai SDK": []}
+    with ReplayServer() as server:
+        for _ in range(args.repeats):
+            for run in (run_deepconf, run_sdk):  # interleaved: both see the same machine
+                r = run(server.base_url, n, t, c)
+                if r.tokens < want:
+                    raise RuntimeError(f"{r.client} counted {r.tokens} tokens, not {want}")
+                runs[r.client].append(r)
+    row = "  {:16s} {:>10s} {:>8s} {:>8s} {:>14s}  {}"
+    print(row.format("client", "tokens", "CPU s", "wall s", "tokens/CPU-s", "all repeats"))
+    for name, rs in runs.items():
+        b = best(rs)
+        every = ", ".join(f"{r.per_cpu_s:,.0f}" for r in rs)
+        cells = f"{b.tokens:,}", f"{b.cpu_s:.2f}", f"{b.wall_s:.2f}", f"{b.per_cpu_s:,.0f}"
+        print(row.format(name, *cells, every))
+    ratio = best(runs["deepconf solve"]).per_cpu_s / best(runs["openai SDK"]).per_cpu_s
+    print(f"  deepconf / SDK: {ratio:.1f}x tokens per CPU-second")
+
+
+if __name__ == "__main__":
+    main()
