@@ -391,9 +391,13 @@ async def test_deepconf_online_end_to_end(api):
         rec = by_seed[t.seed]
         assert server.wait_for(lambda rec=rec: rec.disconnected), f"trace {t.index} not closed"
         assert rec.tokens_sent < 100 < rec.tokens_total and not rec.finished
-    # Everything that did not end on its own was closed on the server, too.
+    # Everything that did not end on its own was closed on the server, too. A trace
+    # cancelled before its first token may have been cancelled before its request reached
+    # the server (seen under load): then there is nothing there to close.
     for t in result.traces:
         if t.status is TraceStatus.CANCELLED:
+            if t.tokens == 0 and t.seed not in by_seed:
+                continue
             assert server.wait_for(lambda t=t: by_seed[t.seed].disconnected)
 
 
