@@ -5,6 +5,7 @@
         --prompt-template "{problem}\\nPut the final answer in \\boxed{{}}." --output aime/
     deepconf plot out/
     deepconf eval --dataset aime25.jsonl ... --shard 1/2 --output s1/   # see eval/shards.py
+    deepconf eval --dataset aime25.jsonl ... --workers 2 --output aime/  # see eval/workers.py
 
 Registered by deepconf/cli.py as ``app.command("eval")(eval_command)`` etc.; `deepconf replay`
 lives in eval/replay_command.py. Parsing and printing only: the work is in eval.runner,
@@ -172,6 +173,28 @@ async def _eval_main(
     return [r for r in results if r["problem_id"] in ids]
 
 
+def _eval_workers(
+    ctx: typer.Context,
+    workers: list[Any],
+    problems: list,
+    manifest: dict[str, Any],
+    output: Path,
+    view: Console,
+) -> list[dict[str, Any]]:
+    """`--workers N`: the same progress view as one worker's, fed from the workers' files."""
+    from deepconf.eval.workers import merge_into, prepare, run_workers, worker_argv
+
+    seen = prepare(workers, output, problems, manifest)
+    if seen:
+        note(
+            f"resuming: {len(seen)}/{len(problems)} problems are already done in {output};"
+            f" {len(workers)} workers run the other {len(problems) - len(seen)}"
+        )
+    with _progress_view(view, len(problems), seen) as on_result:
+        run_workers(workers, worker_argv(ctx), on_result)
+    return merge_into(output, workers)
+
+
 @contextlib.contextmanager
 def _progress_view(
     view: Console, total: int, seen: list[dict[str, Any]]
@@ -238,6 +261,7 @@ def _family_note(backend: Any, problems: list, card: dict[str, Any]) -> str | No
 
 
 def eval_command(
+    ctx: typer.Context,
     dataset: Annotated[
         str,
         typer.Option(
@@ -280,7 +304,17 @@ def eval_command(
     max_traces: Annotated[
         int, typer.Option("--max-traces", help="Traces streaming at once, over all problems.")
     ] = 64,
-    parallel: Annotated[int, typer.Option("--parallel", help="Problems in progress at once.")] = 4,
+    parallel: Annotated[
+        int, typer.Option("--parallel", help="Problems in progress at once (per worker).")
+    ] = 4,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Worker processes, one per core: each runs a shard into OUTPUT/.workers/ with"
+            " a share of --max-traces; merged into OUTPUT at the end.",
+        ),
+    ] = 1,
     base_url: BaseUrl = None,
     model: ModelName = None,
     api: Api = "chat",
@@ -319,6 +353,10 @@ def eval_command(
                 raise ConfigError(f"--limit must be at least 1, got {limit}")
             problems = problems[:limit]
         part = None
+        if workers != 1:
+            from deepconf.eval.workers import split_limit
+
+            split_limit(max_traces, workers)  # refuse a bad count before any work
         if shard is not None:
             from deepconf.eval.shards import Shard
 
@@ -360,21 +398,33 @@ def eval_command(
         if outside := _family_note(backend, problems, card):
             note(outside)
         shard_name = None if part is None else str(part)
-        check_manifest(
-            output, manifest_of(dataset, prompt_template, chosen, config, shard=shard_name)
-        )
+        manifest = manifest_of(dataset, prompt_template, chosen, config, shard=shard_name)
+        check_manifest(output, manifest)
         if part is not None:
             from deepconf.eval.shards import record_shard
 
             record_shard(output, part, problems)
-        results = asyncio.run(
-            _eval_main(backend, problems, config, chosen, output, max_traces, parallel, err)
-        )
+        if workers > 1:
+            from deepconf.eval.workers import plan_workers
+
+            plan = plan_workers(output, workers, max_traces, part)
+            unsharded = {k: v for k, v in manifest.items() if k != "shard"}
+            results = _eval_workers(ctx, plan, problems, unsharded, output, err)
+        else:
+            results = asyncio.run(
+                _eval_main(backend, problems, config, chosen, output, max_traces, parallel, err)
+            )
         title = f"{dataset}: {len(results)} problems, budget {config.budget}"
         write_report(output, scores_of(results), title, console(), disagreements_of(results))
     except DeepConfError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
+        if workers > 1:
+            raise fail(
+                "interrupted; rerun the same command to resume (the workers were stopped; the"
+                f" problems they finished are kept in {output / '.workers'})",
+                code=130,
+            ) from None
         raise fail(
             f"interrupted: the problems that finished are saved in {output / 'results.jsonl'};"
             " rerun the same command to resume",

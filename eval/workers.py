@@ -1,0 +1,330 @@
+"""`deepconf eval --workers N`: one eval on every core, as N worker processes over shards.
+
+One Python process decodes, scores and votes on one core; at hundreds of streams per problem
+the client, not the fleet, then sets the pace. Worker i of N is the same `deepconf eval`
+command run as `--shard i/N` into OUT/.workers/i/ with its share of --max-traces, in its own
+process (its own core, its own GIL). The parent only watches: it follows each worker's
+results.jsonl for the combined progress and, once every worker has exited 0, joins their
+folders with eval-merge's own `merge_shards`, so OUT reads as a one-worker run's.
+
+Why processes running the CLI rather than multiprocessing: a worker is then exactly the
+command a user could run by hand on another machine, it gets its backend from the same flags
+(base URLs, model, API key; without --base-url it loads the bundled model itself), and a
+killed worker is just a killed eval whose folder resumes as any eval folder does.
+
+What it deliberately does not do: share one results file between processes (each worker owns
+its folder; only the merge writes OUT), or balance problems by their cost (shards are by
+position, as --shard's are: the sizes differ by at most one problem).
+
+- The trace limit: worker i gets floor(L/N) traces at once, plus one for the first L mod N
+  workers, so the sum is exactly --max-traces L; N > L is refused. --parallel (problems in
+  progress) applies to each worker.
+- Resume: OUT stays the one record. Before the workers start, each worker folder is given
+  (hard links) the problems of its shard that OUT already holds, so a rerun after a kill, a
+  run that raises --limit, or --workers on a folder a one-worker run began all run only what
+  is missing. After the merge OUT/.workers is removed. OUT/results.jsonl is replaced in one
+  rename after the trace files it names are in place: a kill leaves the old file or the new.
+- With --shard J/M too (node J of M, N workers on it), worker i runs shard J + M(i-1) of M*N
+  of the dataset: the node's shard sliced by position again (positions J-1 + M(i-1) + MN t).
+
+    workers = plan_workers(Path("out"), count=2, max_traces=64, node=None)
+    seen = prepare(workers, Path("out"), problems, manifest)
+    run_workers(workers, worker_argv(click_context), on_result)
+    results = merge_into(Path("out"), workers)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import typer
+
+from deepconf.errors import ConfigError
+from deepconf.eval.datasets import EvalProblem
+from deepconf.eval.runner import check_manifest, read_manifest, read_results
+from deepconf.eval.shards import Shard, merge_shards
+
+WORKERS_DIR = ".workers"
+LOG_NAME = "worker.log"
+# The console script, run by this interpreter. -P: a working directory holding the source
+# folder deepconf/ (without backends/, eval/) must not shadow the installed package.
+CLI = "from deepconf.cli import app; app()"
+# Flags the parent sets per worker; every other flag given passes through unchanged.
+PER_WORKER = ("workers", "shard", "max_traces", "output")
+POLL_S = 0.2  # how often the parent looks at its workers (progress, exits)
+STOP_GRACE_S = 10.0  # a worker told to stop gets this long before SIGKILL
+ERROR_LINES = 8  # a failed worker's last log lines shown
+
+
+@dataclass(frozen=True)
+class Worker:
+    number: int  # 1-based, of `count`
+    count: int
+    shard: Shard  # of the whole dataset (after --limit), as `--shard` reads it
+    max_traces: int
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.number}/{self.count} (--shard {self.shard})"
+
+    def select(self, problems: Sequence[EvalProblem]) -> list[EvalProblem]:
+        """This worker's problems among the node's (what its --shard selects of the dataset)."""
+        return Shard(self.number, self.count).select(problems)
+
+
+def split_limit(limit: int, count: int) -> list[int]:
+    """Each worker's share of the global trace limit: floor(limit/count), one more for the
+    first limit % count workers; the shares sum to `limit` and none is 0."""
+    if count < 1:
+        raise ConfigError(f"--workers must be at least 1, got {count}")
+    if count > limit:
+        raise ConfigError(
+            f"--workers {count} is more than --max-traces {limit}: the limit is shared by the"
+            " workers and each streams at least one trace; raise --max-traces or lower --workers"
+        )
+    base, extra = divmod(limit, count)
+    return [base + (i < extra) for i in range(count)]
+
+
+def plan_workers(output: Path, count: int, max_traces: int, node: Shard | None) -> list[Worker]:
+    """The workers of one eval into `output`; `node` is the eval's own --shard, if any."""
+    limits = split_limit(max_traces, count)
+    j, m = (node.index, node.count) if node is not None else (1, 1)
+    return [
+        Worker(
+            i,
+            count,
+            Shard(j + m * (i - 1), m * count),
+            limits[i - 1],
+            output / WORKERS_DIR / str(i),
+        )
+        for i in range(1, count + 1)
+    ]
+
+
+# --- before: the worker folders -------------------------------------------------------------
+
+
+def prepare(
+    workers: Sequence[Worker],
+    output: Path,
+    problems: Sequence[EvalProblem],
+    manifest: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Give each worker folder its manifest (the eval's, naming its shard) and the finished
+    problems of its shard that OUT holds and it lacks; return every finished problem's line.
+
+    Refuses worker folders left by a run with another worker count: their shards differ."""
+    _check_split(workers, output)
+    done = _raw_lines(output / "results.jsonl")
+    seen = []
+    for worker in workers:
+        check_manifest(worker.folder, {**manifest, "shard": str(worker.shard)})
+        have = _raw_lines(worker.folder / "results.jsonl")
+        mine = {p.problem_id for p in worker.select(problems)}
+        add = [done[pid] for pid in done if pid in mine and pid not in have]
+        for text in add:
+            _link_traces(output, json.loads(text), worker.folder)
+        if add:
+            with (worker.folder / "results.jsonl").open("a", encoding="utf-8") as f:
+                f.write("".join(text + "\n" for text in add))
+        seen += [json.loads(text) for pid, text in have.items() if pid in mine]
+        seen += [json.loads(text) for text in add]
+    return seen
+
+
+def _check_split(workers: Sequence[Worker], output: Path) -> None:
+    root = output / WORKERS_DIR
+    count = workers[0].shard.count
+    per_node = count // workers[0].count  # M, the number of nodes (1 without --shard)
+    for path in sorted(root.glob("*/run.json")):
+        shard = read_manifest(path).get("shard")
+        if shard is not None and Shard.parse(str(shard)).count != count:
+            old = Shard.parse(str(shard)).count // per_node
+            raise ConfigError(
+                f"{root} holds the unfinished workers of a run with --workers {old}: rerun with"
+                f" --workers {old} to finish and merge them, or delete {root} to go on from what"
+                f" {output} holds (the problems they finished since are run again)"
+            )
+
+
+def _raw_lines(path: Path) -> dict[str, str]:
+    """A results file's lines by problem id, as written (a cut-off last line is cut off, as
+    a resume does)."""
+    read_results(path)  # validates, and cuts a line a kill left half-written
+    if not path.exists():
+        return {}
+    lines = (t for t in path.read_text(encoding="utf-8").splitlines() if t.strip())
+    return {json.loads(text)["problem_id"]: text for text in lines}
+
+
+def _link_traces(output: Path, line: dict[str, Any], folder: Path) -> None:
+    """The trace files of one of OUT's results lines, into a worker folder: hard links (no
+    copy of what may be gigabytes), a copy where the file system has none."""
+    (folder / "traces").mkdir(parents=True, exist_ok=True)
+    for run in line.get("runs", {}).values():
+        source = output / "traces" / run["trace_file"]
+        target = folder / "traces" / run["trace_file"]
+        if not source.is_file():
+            raise ConfigError(
+                f"{source} is missing, yet {output / 'results.jsonl'} has problem"
+                f" {line['problem_id']!r}: delete its line there and rerun to run it again"
+            )
+        target.unlink(missing_ok=True)  # a killed attempt's partial file
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+
+
+# --- during: the processes --------------------------------------------------------------------
+
+
+def worker_argv(ctx: typer.Context) -> list[str]:
+    """The options this eval was given (on the command line or from the environment) as
+    flags again, leaving out those set per worker: every worker gets the same backend and
+    settings as the parent. (Typer carries its own copy of click, so the parameters are
+    told apart by their attributes, not by click's classes.)"""
+    argv: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if param.param_type_name != "option" or name in PER_WORKER:
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        value = ctx.params[name]
+        opts: list[str] = param.opts
+        if getattr(param, "is_flag", False):
+            argv += (opts if value else getattr(param, "secondary_opts", []))[:1]
+        elif param.multiple:
+            for item in value or ():
+                argv += [opts[0], str(item)]
+        elif value is not None:
+            argv += [opts[0], str(value)]
+    return argv
+
+
+class ResultsFollower:
+    """Reads the lines a worker appends to its results file, each once: the combined
+    progress needs no channel beyond the file every eval writes anyway."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def new_lines(self) -> list[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                raw = f.read()
+        except FileNotFoundError:
+            return []
+        whole = raw[: raw.rfind(b"\n") + 1]  # a line still being written waits
+        self.offset += len(whole)
+        return [json.loads(text) for text in whole.splitlines() if text.strip()]
+
+
+def run_workers(
+    workers: Sequence[Worker], argv: Sequence[str], on_result: Callable[[dict[str, Any]], None]
+) -> None:
+    """Start the workers, pass each newly finished problem to `on_result`, and return when
+    all have exited 0. A worker that fails raises a ConfigError with its last log lines; it,
+    an interrupt or any other exception first stops every worker still running."""
+    followers = [ResultsFollower(w.folder / "results.jsonl") for w in workers]
+    logs: list[IO[bytes]] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for worker in workers:
+            logs.append((worker.folder / LOG_NAME).open("wb"))
+            procs.append(_start(worker, argv, logs[-1]))
+        while True:
+            codes = [p.poll() for p in procs]
+            for follower in followers:
+                for line in follower.new_lines():
+                    on_result(line)
+            failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
+            if failed is not None:
+                raise _failure(workers[failed], codes[failed])
+            if all(code == 0 for code in codes):
+                return
+            time.sleep(POLL_S)
+    finally:
+        _stop(procs)
+        for log in logs:
+            log.close()
+
+
+def _start(worker: Worker, argv: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    own = ["--shard", str(worker.shard), "--max-traces", str(worker.max_traces)]
+    command = [sys.executable, "-P", "-c", CLI, "eval", *argv, *own, "--output", str(worker.folder)]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Terminate the workers still running, then wait for each (SIGKILL after a grace): no
+    worker outlives the parent's command, and a rerun never meets one still writing."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _failure(worker: Worker, code: int | None) -> ConfigError:
+    how = f"exited with code {code}"
+    if code is not None and code < 0:
+        how = f"was killed by signal {signal.Signals(-code).name}"
+    log = worker.folder / LOG_NAME
+    tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-ERROR_LINES:]
+    said = "\n".join(f"  {line}" for line in tail) or "  (nothing)"
+    return ConfigError(
+        f"{worker.name} {how}; the other workers were stopped. Its last lines ({log}):\n"
+        f"{said}\nFix the cause and rerun the same command to resume: finished problems are kept"
+    )
+
+
+# --- after: the merge ---------------------------------------------------------------------------
+
+
+def merge_into(output: Path, workers: Sequence[Worker]) -> list[dict[str, Any]]:
+    """Join the worker folders as eval-merge does, move the result into OUT, and remove
+    OUT/.workers; return the merged results lines. OUT's lines for problems outside this
+    run (a smaller --limit now) are kept after the merged ones, as one worker keeps them.
+    Trace files go first and results.jsonl last, each by rename, so OUT never names a trace
+    file it lacks."""
+    root = output / WORKERS_DIR
+    staging = root / "merged"
+    shutil.rmtree(staging, ignore_errors=True)
+    merged = merge_shards([w.folder for w in workers], staging)
+    if merged.missing:
+        raise ConfigError(
+            f"the workers exited without results for {len(merged.missing)} problem(s), e.g."
+            f" {merged.missing[0]!r} (see the logs in {root}): rerun the same command to run them"
+        )
+    ours = {line["problem_id"] for line in merged.results}
+    others = [text for pid, text in _raw_lines(output / "results.jsonl").items() if pid not in ours]
+    if others:
+        with (staging / "results.jsonl").open("a", encoding="utf-8") as f:
+            f.write("".join(text + "\n" for text in others))
+    (output / "traces").mkdir(parents=True, exist_ok=True)
+    for path in sorted((staging / "traces").iterdir()):
+        os.replace(path, output / "traces" / path.name)
+    os.replace(staging / "results.jsonl", output / "results.jsonl")
+    shutil.rmtree(root)
+    return merged.results

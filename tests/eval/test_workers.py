@@ -1,0 +1,355 @@
+"""`deepconf eval --workers N` (eval/workers.py): real worker processes against a scripted HTTP
+server in this process. Two workers write the same records, trace files and report as one; a
+worker killed with SIGKILL mid-problem loses only that problem, and the rerun ends where an
+uninterrupted run does; a failing worker or Ctrl-C stops the others; the trace limit is split
+exactly; bad counts and a folder of another worker count are refused saying what to do.
+
+Ordering comes from the server's records (a stream seen, a stream left by its client) and
+the workers' results files, never from sleeping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.scripted_server import Script, ScriptedServer, ScriptToken
+from typer.testing import CliRunner
+
+from deepconf.cli import app
+from deepconf.errors import ConfigError
+from deepconf.eval.shards import Shard
+from deepconf.eval.workers import CLI, plan_workers, split_limit
+
+SEED = 100
+HANG_S = 120.0  # a hang, not a slow machine: worker processes start in seconds
+METHODS = "pass@1,majority,tail@10,online-low"
+
+
+class Scripts:
+    """Scripts as a function of prompt and seed alone ("q n" with seed s answers n, or n+1
+    when s % 4 == 3; confidences drawn from (n, s)), so any process, in any order, gets the
+    same trace for the same request. `stall` names prompts whose streams stop after two
+    tokens and stay open until their client goes away."""
+
+    def __init__(self) -> None:
+        self.stall: set[str] = set()
+        self.reject: set[str] = set()
+
+    def __call__(self, number: int, body: dict[str, Any]) -> Script | None:
+        seed = body.get("seed")
+        if seed is None:
+            return None  # the capability probe: the default script
+        prompt = body["messages"][-1]["content"]
+        n = int(prompt.split()[-1])
+        if prompt in self.reject:
+            return Script([], status=400)
+        tokens = [
+            ScriptToken(" step", [-0.01, *(-(8.0 + (seed * 7 + n * 3 + j) % 9) for _ in range(30))])
+            for j in range(6 + n % 3)
+        ]
+        answer = n + (seed % 4 == 3)
+        tokens.append(ScriptToken(f" \\boxed{{{answer}}}", [-0.01, *([-10.0] * 30)]))
+        return Script(tokens, stall_after=2 if prompt in self.stall else None)
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer(choose=Scripts()) as srv:
+        yield srv
+
+
+def scripts(server: ScriptedServer) -> Scripts:
+    assert isinstance(server.choose, Scripts)
+    return server.choose
+
+
+def dataset(tmp_path: Path, k: int) -> Path:
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        "".join(json.dumps({"question": f"q {i}", "answer": i}) + "\n" for i in range(k))
+    )
+    return path
+
+
+def eval_args(server: ScriptedServer, data: Path, output: Path, *more: str) -> list[str]:
+    """One trace at a time per problem: an online run's stop then falls at the same trace
+    every time, so two runs on the same seeds write the same records."""
+    return [
+        "eval", "--dataset", str(data), "--base-url", server.base_url, "--no-probe",
+        "--budget", "8", "--warmup", "4", "--window", "4", "--tail", "4", "--concurrency", "1",
+        "--seed", str(SEED), "--methods", METHODS, "--parallel", "1", "--output", str(output),
+        *more,
+    ]  # fmt: skip
+
+
+def run(args: list[str]) -> Any:
+    return CliRunner().invoke(app, args)
+
+
+def records(folder: Path) -> dict[str, Any]:
+    """results.jsonl by problem, without the wall times (the clock's, not the run's)."""
+    out = {}
+    for text in (folder / "results.jsonl").read_text().splitlines():
+        line = json.loads(text)
+        for r in line["runs"].values():
+            del r["wall_time"]
+        out[line["problem_id"]] = line
+    return out
+
+
+def trace_files(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every trace file's records by index, without elapsed times."""
+    out = {}
+    for path in sorted((folder / "traces").iterdir()):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        for row in rows:
+            del row["elapsed"]
+        out[path.name] = sorted(rows, key=lambda r: r["index"])
+    return out
+
+
+def prompts_streamed(server: ScriptedServer, since: int = 0) -> set[str]:
+    return {s.body["messages"][-1]["content"] for s in server.streams[since:] if s.seed is not None}
+
+
+def lines_in(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def children(pid: int) -> dict[str, int]:
+    """The worker processes of a parent, by the --shard they were given."""
+    found = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if b"--shard" in argv:
+            found[argv[argv.index(b"--shard") + 1].decode()] = int(child)
+    return found
+
+
+def parent(args: list[str]) -> subprocess.Popen[str]:
+    """`deepconf eval` in its own process, as a user runs it (so it can be signalled)."""
+    return subprocess.Popen(
+        [sys.executable, "-P", "-c", CLI, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait(server: ScriptedServer, predicate: Any, what: str) -> None:
+    assert server.wait_for(predicate, timeout=HANG_S), f"not reached in {HANG_S:.0f} s: {what}"
+
+
+# --- the split --------------------------------------------------------------------------------
+
+
+def test_the_trace_limit_is_split_exactly_and_a_bad_count_is_refused() -> None:
+    """floor(L/N) each, one more for the first L mod N: the sum is L and no share is 0."""
+    assert split_limit(64, 1) == [64]
+    assert split_limit(10, 3) == [4, 3, 3]
+    assert split_limit(5, 5) == [1, 1, 1, 1, 1]
+    with pytest.raises(ConfigError) as info:
+        split_limit(3, 4)
+    assert str(info.value) == (
+        "--workers 4 is more than --max-traces 3: the limit is shared by the workers and each"
+        " streams at least one trace; raise --max-traces or lower --workers"
+    )
+    with pytest.raises(ConfigError, match=r"^--workers must be at least 1, got 0$"):
+        split_limit(3, 0)
+
+
+def test_workers_of_a_node_shard_slice_it_again_by_position(tmp_path: Path) -> None:
+    """Node 2 of 3 with 2 workers: worker i runs shard 2 + 3(i-1) of 6, which selects of the
+    dataset exactly what shard i/2 selects of the node's shard."""
+    plan = plan_workers(tmp_path, 2, 5, Shard(2, 3))
+    assert [(str(w.shard), w.max_traces, w.folder) for w in plan] == [
+        ("2/6", 3, tmp_path / ".workers" / "1"),
+        ("5/6", 2, tmp_path / ".workers" / "2"),
+    ]
+    data = list(range(20))
+    node = Shard(2, 3).select(data)
+    for w in plan:
+        assert w.shard.select(data) == w.select(node)
+    assert [w.shard for w in plan_workers(tmp_path, 3, 3, None)] == [
+        Shard(1, 3),
+        Shard(2, 3),
+        Shard(3, 3),
+    ]
+
+
+def test_eval_refuses_more_workers_than_traces(tmp_path: Path, server: ScriptedServer) -> None:
+    data = dataset(tmp_path, 2)
+    res = run(eval_args(server, data, tmp_path / "out", "--workers", "3", "--max-traces", "2"))
+    assert res.exit_code == 1
+    assert "--workers 3 is more than --max-traces 2" in " ".join(res.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+# --- equal to one worker ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_workers_write_what_one_writes(tmp_path: Path, server: ScriptedServer) -> None:
+    """5 problems with one worker (in process) and with two worker processes: the same
+    results records, trace files (seeds 100-107), report.md, summary.json and run.json;
+    the workers' folder is gone, and the progress counts problems over both workers."""
+    data = dataset(tmp_path, 5)
+    one, two = tmp_path / "one", tmp_path / "two"
+    res = run(eval_args(server, data, one))
+    assert res.exit_code == 0, res.output
+    res = run(eval_args(server, data, two, "--workers", "2", "--max-traces", "3"))
+    assert res.exit_code == 0, res.output
+    progress = [line for line in res.output.splitlines() if line.startswith("eval ")]
+    assert [line.split()[1] for line in progress] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert records(two) == records(one)
+    assert trace_files(two) == trace_files(one)
+    assert len(trace_files(one)) == 10  # 5 problems x (offline, online-low)
+    for name in ("report.md", "summary.json", "run.json"):
+        assert (two / name).read_text() == (one / name).read_text()
+    assert sorted(p.name for p in two.iterdir()) == [
+        "report.md",
+        "results.jsonl",
+        "run.json",
+        "summary.json",
+        "traces",
+    ]
+    # A rerun finds every problem done and starts workers that have nothing to do.
+    before = len(server.streams)
+    res = run(eval_args(server, data, two, "--workers", "2", "--max-traces", "3"))
+    assert res.exit_code == 0 and "resuming: 5/5 problems" in " ".join(res.output.split())
+    assert prompts_streamed(server, before) == set()
+    assert records(two) == records(one)
+
+
+@pytest.mark.slow
+def test_workers_go_on_from_what_a_one_worker_run_left(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
+    """A one-worker run of the first 3 problems, then --workers 2 on all 5 into the same
+    folder: the workers get the finished problems of their shards and stream only q 3, q 4.
+    Then --workers 2 --limit 2 streams nothing and keeps the other three problems' lines."""
+    data = dataset(tmp_path, 5)
+    out, whole = tmp_path / "out", tmp_path / "whole"
+    assert run(eval_args(server, data, out, "--limit", "3")).exit_code == 0
+    before = len(server.streams)
+    res = run(eval_args(server, data, out, "--workers", "2"))
+    assert res.exit_code == 0, res.output
+    assert "resuming: 3/5 problems are already done" in " ".join(res.output.split())
+    assert prompts_streamed(server, before) == {"q 3", "q 4"}
+    assert run(eval_args(server, data, whole)).exit_code == 0
+    assert records(out) == records(whole)
+    assert trace_files(out) == trace_files(whole)
+    before = len(server.streams)
+    res = run(eval_args(server, data, out, "--workers", "2", "--limit", "2"))
+    assert res.exit_code == 0 and "2 problems, budget 8" in " ".join(res.output.split())
+    assert prompts_streamed(server, before) == set()
+    assert records(out) == records(whole)
+    assert trace_files(out) == trace_files(whole)
+
+
+# --- kills, failures, interrupts ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_problem_loses_only_that_problem(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
+    """6 problems, 2 workers: worker 1 has p0, p2, p4 and worker 2 p1, p3, p5. Worker 2
+    finishes; worker 1 finishes p0 and stalls in p2, and is killed with SIGKILL there. The
+    parent exits 1 naming the signal; the rerun streams only q 2 and q 4 (worker 1's problem
+    in flight and the one it never began) and its folder equals an uninterrupted run's."""
+    data = dataset(tmp_path, 6)
+    out = tmp_path / "out"
+    scripts(server).stall.add("q 2")
+    proc = parent(eval_args(server, data, out, "--workers", "2"))
+    try:
+        w1, w2 = out / ".workers" / "1", out / ".workers" / "2"
+        wait(server, lambda: lines_in(w2 / "results.jsonl") == 3, "worker 2 finished")
+        wait(server, lambda: lines_in(w1 / "results.jsonl") == 1, "worker 1 finished p0")
+        wait(server, lambda: "q 2" in prompts_streamed(server), "worker 1 is in p2")
+        os.kill(children(proc.pid)["1/2"], signal.SIGKILL)
+        said, _ = proc.communicate(timeout=HANG_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    flat = " ".join(said.split())
+    assert "worker 1/2 (--shard 1/2) was killed by signal SIGKILL; the other workers" in flat
+    assert "rerun the same command to resume: finished problems are kept" in flat
+    scripts(server).stall.clear()
+    before = len(server.streams)
+    res = run(eval_args(server, data, out, "--workers", "2"))
+    assert res.exit_code == 0, res.output
+    assert "resuming: 4/6 problems are already done" in " ".join(res.output.split())
+    assert prompts_streamed(server, before) == {"q 2", "q 4"}
+    whole = tmp_path / "whole"
+    assert run(eval_args(server, data, whole)).exit_code == 0
+    assert records(out) == records(whole)
+    assert trace_files(out) == trace_files(whole)
+    assert not (out / ".workers").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_worker_stops_the_others_and_shows_its_last_lines(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
+    """Worker 1 stalls in p0 while the server rejects every trace of worker 2's q 1: the
+    parent exits 1 with worker 2's own error, and worker 1 is stopped (its stream closed)."""
+    data = dataset(tmp_path, 2)
+    out = tmp_path / "out"
+    scripts(server).stall.add("q 0")
+    scripts(server).reject.add("q 1")
+    res = run(eval_args(server, data, out, "--workers", "2"))
+    assert res.exit_code == 1
+    flat = " ".join(res.output.split())
+    assert "worker 2/2 (--shard 2/2) exited with code 1; the other workers were stopped" in flat
+    assert f"Its last lines ({out / '.workers' / '2' / 'worker.log'}):" in flat
+    assert (
+        "error: 8 traces failed in a row, so deepconf gave up; the first error was:"
+        f" {server.base_url} rejected the request (HTTP 400)"
+    ) in flat.split("Its last lines")[1]  # the worker's own message
+    stalled = [s for s in server.streams if s.seed is not None and "q 0" in str(s.body)]
+    wait(server, lambda: stalled[0].disconnected, "worker 1's stream closed")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_and_says_how_to_resume(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
+    """SIGINT to the parent alone (as a signal from a supervisor would be): both workers
+    stop (their stalled streams are closed), and the parent exits 130 saying to rerun."""
+    data = dataset(tmp_path, 2)
+    scripts(server).stall.update({"q 0", "q 1"})
+    proc = parent(eval_args(server, data, tmp_path / "out", "--workers", "2"))
+    try:
+        wait(server, lambda: len(prompts_streamed(server)) == 2, "both workers streaming")
+        proc.send_signal(signal.SIGINT)
+        said, _ = proc.communicate(timeout=HANG_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted; rerun the same command to resume" in " ".join(said.split())
+    wait(server, lambda: all(s.disconnected for s in server.streams), "the streams closed")
+
+
+def test_a_folder_of_another_worker_count_is_refused(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
+    """Shards of 3 left in OUT/.workers cannot be resumed as shards of 2: refused, naming
+    the count to rerun with."""
+    data = dataset(tmp_path, 2)
+    out = tmp_path / "out"
+    (out / ".workers" / "1").mkdir(parents=True)
+    (out / ".workers" / "1" / "run.json").write_text(json.dumps({"shard": "1/3"}))
+    res = run(eval_args(server, data, out, "--workers", "2"))
+    assert res.exit_code == 1
+    assert (
+        f"{out / '.workers'} holds the unfinished workers of a run with --workers 3: rerun"
+        " with --workers 3 to finish and merge them"
+    ) in " ".join(res.output.split())
