@@ -53,6 +53,7 @@ from deepconf.backends.routing import (
 )
 from deepconf.backends.sse import DEFAULT_MAX_EVENT_BYTES, Decoded, SSEDecoder, decode_payloads
 from deepconf.backends.stream_audit import StreamAudit
+from deepconf.backends.watchdog import Watchdog
 from deepconf.config import StrictModel
 from deepconf.errors import (
     BackendError,
@@ -432,30 +433,33 @@ class OpenAIHttpBackend:
         cfg = self.config
         loop = asyncio.get_running_loop()
         sse = SSEDecoder(cfg.max_event_bytes)
-        token_due = loop.time() + cfg.token_timeout
+        # One timer per stream, moved by a float store per token (backends/watchdog.py).
+        dog = Watchdog(min(loop.time() + cfg.token_timeout, deadline))
         done = False
         tokens = 0
         with HttpErrors(url):
             async with contextlib.aclosing(response.aiter_bytes()) as reads:
-                while not done:
-                    due = min(token_due, deadline)
-                    try:
-                        async with asyncio.timeout_at(due):
-                            raw = await anext(reads)
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError:
-                        raise self._stalled(url, tokens, wall=due == deadline) from None
-                    decoded = decode_payloads(sse.feed(raw), k, tokens)
-                    done = decoded.done
-                    n = decoded.top_logprobs.shape[0]
-                    if n:
-                        tokens += n
-                        token_due = loop.time() + cfg.token_timeout
-                    if audit is not None:
-                        self._take(audit, decoded)
-                    if _carries_anything(decoded):
-                        yield _batch(decoded)
+                try:
+                    while not done:
+                        try:
+                            raw = await dog.guarded(anext(reads))
+                        except StopAsyncIteration:
+                            break
+                        except TimeoutError:
+                            wall = dog.due == deadline
+                            raise self._stalled(url, tokens, wall=wall) from None
+                        decoded = decode_payloads(sse.feed(raw), k, tokens)
+                        done = decoded.done
+                        n = decoded.top_logprobs.shape[0]
+                        if n:
+                            tokens += n
+                            dog.due = min(loop.time() + cfg.token_timeout, deadline)
+                        if audit is not None:
+                            self._take(audit, decoded)
+                        if _carries_anything(decoded):
+                            yield _batch(decoded)
+                finally:
+                    dog.close()
         if not done:
             tail = decode_payloads(sse.flush(), k, tokens)  # an event left unterminated
             done = tail.done

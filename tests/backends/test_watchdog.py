@@ -1,0 +1,105 @@
+"""The Watchdog (backends/watchdog.py) against its slow reference, `asyncio.timeout_at`
+around every read: the same reads with the same gaps give the same items and time out at
+the same read; progress moves the deadline; a cancellation from outside passes through; a
+deadline that passes while the reader is elsewhere raises at its next read."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from deepconf.backends.watchdog import Watchdog
+
+TIMEOUT = 0.15  # seconds without progress before a read times out
+
+
+async def reads(gaps: list[float]) -> AsyncIterator[int]:
+    """Item i arrives gaps[i] seconds after item i-1 was taken."""
+    for i, gap in enumerate(gaps):
+        await asyncio.sleep(gap)
+        yield i
+
+
+async def with_reference(gaps: list[float]) -> tuple[list[int], bool]:
+    """(items read, timed out): asyncio.timeout_at around every read."""
+    loop, got = asyncio.get_running_loop(), []
+    due = loop.time() + TIMEOUT
+    it = reads(gaps)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(due):
+                    got.append(await anext(it))
+            except StopAsyncIteration:
+                return got, False
+            due = loop.time() + TIMEOUT
+    except TimeoutError:
+        return got, True
+    finally:
+        await it.aclose()
+
+
+async def with_watchdog(gaps: list[float]) -> tuple[list[int], bool]:
+    loop, got = asyncio.get_running_loop(), []
+    dog = Watchdog(loop.time() + TIMEOUT)
+    it = reads(gaps)
+    try:
+        while True:
+            try:
+                got.append(await dog.guarded(anext(it)))
+            except StopAsyncIteration:
+                return got, False
+            dog.due = loop.time() + TIMEOUT
+    except TimeoutError:
+        return got, True
+    finally:
+        dog.close()
+        await it.aclose()
+
+
+@pytest.mark.parametrize(
+    "gaps",
+    [
+        [0.0] * 50,  # a fast stream: never times out
+        [0.05] * 8,  # 0.4 s in all, each gap well inside the timeout: progress moves it
+        [0.0, 0.05, 0.4, 0.0],  # stalls at the third read
+        [0.4],  # no first item
+        [],
+    ],
+)
+async def test_the_watchdog_reads_and_times_out_as_timeout_at_does(gaps: list[float]) -> None:
+    assert await with_watchdog(gaps) == await with_reference(gaps)
+
+
+async def test_a_cancellation_from_outside_is_not_a_timeout() -> None:
+    task = asyncio.create_task(with_watchdog([5.0]))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+
+
+async def test_a_deadline_passed_outside_a_read_raises_at_the_next_read() -> None:
+    """The owner is busy elsewhere (a consumer holding the stream) when the deadline passes:
+    nothing is cancelled there, and its next read raises at once."""
+    loop = asyncio.get_running_loop()
+    dog = Watchdog(loop.time() + 0.02)
+    await asyncio.sleep(0.1)  # not a guarded read: this sleep is not interrupted
+    pending = asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        await dog.guarded(pending)
+    dog.close()
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_timeout_leaves_the_task_uncancelled_for_its_next_await() -> None:
+    loop = asyncio.get_running_loop()
+    dog = Watchdog(loop.time() + 0.02)
+    with pytest.raises(TimeoutError):
+        await dog.guarded(asyncio.sleep(5))
+    dog.close()
+    await asyncio.sleep(0.01)  # not cancelled
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
