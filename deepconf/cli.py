@@ -352,6 +352,7 @@ _BENCHMARKS = {
     "engine": "deepconf.eval.bench_engine",
     "serve": "deepconf.eval.bench_serve",
     "hostile": "deepconf.eval.bench_hostile",
+    "workers": "deepconf.eval.bench_workers",
 }
 
 
@@ -365,7 +366,8 @@ def bench(
         str | None,
         typer.Argument(
             help="stream (client hot path), engine (bundled), serve (load test of `deepconf"
-            " serve`) or hostile (slowloris, model names, huge bodies).",
+            " serve`), hostile (slowloris, model names, huge bodies) or workers (eval"
+            " --workers N against one worker).",
             show_default=False,
         ),
     ] = None,

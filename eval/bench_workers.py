@@ -1,0 +1,177 @@
+"""`deepconf bench workers` (or `python -m deepconf.eval.bench_workers`): what `eval
+--workers N` buys, measured side by side in one run.
+
+The same eval runs with one worker (in process) and with N worker processes against the
+replay server (eval/replay_server.py: vLLM-shaped chat chunks, one token each with top-20
+logprobs, no model behind them, so the time is the client's). Each eval is a fresh
+`deepconf eval` process, start-up included, into a fresh folder; the runs alternate (1, N,
+1, N, ...) so a machine that slows down midway weighs on both alike. Offline methods only:
+every trace runs to its `--tokens`, so both evals read exactly the same tokens, counted from
+their results files.
+
+Printed: each run's wall seconds, tokens, tokens per second and the CPU seconds of the eval
+and its workers; then the throughput ratio (N workers over one) per repetition and its
+median. The server shares the machine: on 2 cores it takes part of a core from the client,
+so `--servers 2` gives each worker a server of its own for a client-bound figure.
+
+    deepconf bench workers                          # 2 workers, 16 problems x 32 traces x 2,000
+    deepconf bench workers --repeats 3 --servers 2
+    deepconf bench workers --problems 2 --budget 4 --tokens 200 --repeats 1   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from deepconf.eval.serve_processes import free_port
+from deepconf.eval.workers import CLI
+
+UP_WITHIN_S = 60.0  # a replay server that does not answer by then has failed to start
+
+
+@dataclass
+class Measured:
+    workers: int
+    seconds: float
+    tokens: int
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+
+class ReplayServer:
+    """`python -m deepconf.eval.replay_server` on a free port, up once /v1/models answers."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        module = "deepconf.eval.replay_server"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", module, "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + UP_WITHIN_S
+        while not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"the replay server on port {self.port} did not start")
+            time.sleep(0.1)  # start-up poll
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(self.base_url + "/models", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def write_dataset(path: Path, problems: int) -> None:
+    """Problems whose text differs (each has its own id); the replay server answers 42."""
+    rows = (
+        json.dumps({"question": f"Problem {i}: what is 6 x 7?", "answer": 42})
+        for i in range(problems)
+    )
+    path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+
+
+def eval_command(
+    args: argparse.Namespace, urls: list[str], data: Path, out: Path, workers: int
+) -> list[str]:
+    command = [sys.executable, "-P", "-c", CLI, "eval", "--dataset", str(data)]
+    for url in urls:
+        command += ["--base-url", url]
+    command += ["--methods", "pass@1,majority,offline", "--budget", str(args.budget)]
+    command += ["--max-tokens", str(args.tokens), "--max-traces", str(args.max_traces)]
+    command += ["--parallel", str(args.parallel), "--workers", str(workers), "--output", str(out)]
+    return command
+
+
+def run_one(
+    args: argparse.Namespace, urls: list[str], data: Path, out: Path, workers: int
+) -> Measured:
+    """One eval, timed from the outside; its tokens are read back from its results."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(
+        eval_command(args, urls, data, out, workers), capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"the eval with {workers} worker(s) failed:\n{done.stdout}{done.stderr}")
+    lines = [json.loads(t) for t in (out / "results.jsonl").read_text().splitlines()]
+    tokens = sum(run["tokens"]["total"] for line in lines for run in line["runs"].values())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Measured(workers, seconds, tokens, cpu)
+
+
+def report(runs: list[Measured], workers: int) -> float:
+    """Print the table and the ratios; return the median ratio."""
+    print(f"{'workers':>7} {'seconds':>8} {'tokens':>10} {'tokens/s':>10} {'CPU s':>7}")
+    for m in runs:
+        figures = f"{m.seconds:>8.2f} {m.tokens:>10,} {m.rate:>10,.0f} {m.cpu_seconds:>7.2f}"
+        print(f"{m.workers:>7} {figures}")
+    ones = [m for m in runs if m.workers == 1]
+    many = [m for m in runs if m.workers == workers]
+    ratios = [b.rate / a.rate for a, b in zip(ones, many, strict=True)]
+    median = statistics.median(ratios)
+    each = " ".join(f"{r:.2f}" for r in ratios)
+    print(
+        f"throughput ratio, {workers} workers over 1: {median:.2f}"
+        f" (median of {len(ratios)}; each {each})"
+    )
+    return median
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=int, default=2, help="workers of the side compared to 1")
+    ap.add_argument("--problems", type=int, default=16)
+    ap.add_argument("--budget", type=int, default=32, help="traces per problem")
+    ap.add_argument("--tokens", type=int, default=2000, help="tokens per trace")
+    ap.add_argument("--max-traces", type=int, default=64, help="eval's global trace limit")
+    ap.add_argument("--parallel", type=int, default=4, help="problems in progress per worker")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each side")
+    ap.add_argument("--servers", type=int, default=1, help="replay servers (each a process)")
+    args = ap.parse_args(argv)
+    if args.workers < 2 or args.repeats < 1 or args.servers < 1:
+        ap.error("--workers must be at least 2, --repeats and --servers at least 1")
+    print(
+        f"eval of {args.problems} problems x {args.budget} traces x {args.tokens:,} tokens"
+        f" against {args.servers} replay server(s); 1 and {args.workers} workers alternate,"
+        f" {args.repeats} run(s) each"
+    )
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        servers = [ReplayServer() for _ in range(args.servers)]
+        for server in servers:
+            stack.callback(server.close)
+        urls = [s.base_url for s in servers]
+        data = Path(tmp) / "problems.jsonl"
+        write_dataset(data, args.problems)
+        runs = []
+        for rep in range(args.repeats):
+            for workers in (1, args.workers):
+                out = Path(tmp) / f"run-{rep}-{workers}"
+                runs.append(run_one(args, urls, data, out, workers))
+        report(runs, args.workers)
+
+
+if __name__ == "__main__":
+    main()
