@@ -16,6 +16,7 @@ the window has one group, its mean.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import asdict, dataclass
 
@@ -46,8 +47,11 @@ def token_confidence(top_logprobs: np.ndarray) -> np.ndarray:
     # Hot path (every streamed chunk): full rows need no mask. np.maximum clamps -inf and
     # -9999 to the floor and propagates NaN, so a NaN sum means a padded row: take the
     # masked path for the whole batch (rare: short rows are a server quirk).
-    sums = np.maximum(lp, LOGPROB_FLOOR).sum(axis=1)  # (n,)
-    if lp.shape[1] > 0 and not np.isnan(sums).any():
+    # np.add.reduce is what .sum() calls, minus its Python wrapper (one call per streamed
+    # read). The total of the row sums is NaN exactly when a row sum is: after the clamp no
+    # value is -inf, so no inf - inf can make one.
+    sums = np.add.reduce(np.maximum(lp, LOGPROB_FLOOR), axis=1)  # (n,)
+    if lp.shape[1] > 0 and not math.isnan(np.add.reduce(sums)):
         return sums / -lp.shape[1]
     present = ~np.isnan(lp)  # (n, k)
     clamped = np.where(present, np.maximum(lp, LOGPROB_FLOOR), 0.0)  # -inf -> floor

@@ -556,3 +556,33 @@ def test_a_flushed_decoder_starts_afresh():
     assert dec.flush() == [b"0123456789"]
     event = b"data:" + b"a" * 10 + b"\ndata:" + b"b" * 9 + b"\n\n"  # 20 bytes of data
     assert dec.feed(b"\n" + event) == [b"a" * 10 + b"\n" + b"b" * 9]
+
+
+full_logprob = st.one_of(
+    st.floats(-150, 1e-3, allow_nan=False), st.sampled_from([-9999.0, -math.inf, 0.0, 1e-6])
+)
+
+
+@st.composite
+def full_chat_reads(draw):
+    """Reads of chat chunks whose every position carries exactly k values (vLLM's shape: the
+    decoder's fast path), some out of range (placeholders, -inf, rounding above 0)."""
+    k = draw(st.integers(1, 20))
+    payloads = []
+    for _ in range(draw(st.integers(1, 4))):
+        n = draw(st.integers(1, 3))
+        rows = [draw(st.lists(full_logprob, min_size=k, max_size=k)) for _ in range(n)]
+        payloads.append(json.dumps(chat_chunk([(f"t{i}", r) for i, r in enumerate(rows)])).encode())
+    return k, payloads
+
+
+@given(full_chat_reads())
+@settings(max_examples=200, deadline=None)
+def test_the_full_row_fast_path_matches_the_reference(case):
+    """Full rows skip the NaN-aware steps and clamp only when a value is out of range: the
+    matrix, the empty-row count and the unscored text still equal the json reference's."""
+    k, payloads = case
+    fast, ref = decode_payloads(payloads, k), decode_payloads_reference(payloads, k)
+    assert_same(fast, ref)
+    assert (fast.empty_rows, fast.unscored) == (ref.empty_rows, ref.unscored) == (0, None)
+    assert fast.top_logprobs.min() >= -100.0 and fast.top_logprobs.max() <= 0.0
