@@ -411,6 +411,12 @@ def eval_command(
             unsharded = {k: v for k, v in manifest.items() if k != "shard"}
             results = _eval_workers(ctx, plan, problems, unsharded, output, err)
         else:
+            if (output / ".workers").is_dir():
+                note(
+                    f"{output / '.workers'} holds the folders of an unfinished --workers run:"
+                    " one worker neither uses nor removes them; rerun with that --workers to"
+                    " finish and merge them"
+                )
             results = asyncio.run(
                 _eval_main(backend, problems, config, chosen, output, max_traces, parallel, err)
             )

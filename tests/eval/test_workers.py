@@ -254,6 +254,29 @@ def test_workers_go_on_from_what_a_one_worker_run_left(
     assert trace_files(out) == trace_files(whole)
 
 
+@pytest.mark.slow
+def test_a_node_shard_run_by_workers_merges_with_the_other_nodes(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
+    """Node 1 of 2 with two workers (shards 1/4 and 3/4: positions 0, 4 and 2), node 2 with one:
+    node 1's folder is an ordinary shard folder (run.json names 1/2, shard.json its
+    problems), and eval-merge of the two gives the whole run's records and trace files."""
+    data = dataset(tmp_path, 5)
+    node1, node2, whole = tmp_path / "n1", tmp_path / "n2", tmp_path / "whole"
+    res = run(eval_args(server, data, node1, "--shard", "1/2", "--workers", "2"))
+    assert res.exit_code == 0, res.output
+    assert json.loads((node1 / "run.json").read_text())["shard"] == "1/2"
+    shard_json = json.loads((node1 / "shard.json").read_text())
+    assert shard_json == {"shard": "1/2", "problem_ids": ["d:0", "d:2", "d:4"]}
+    assert sorted(records(node1)) == ["d:0", "d:2", "d:4"]
+    assert run(eval_args(server, data, node2, "--shard", "2/2")).exit_code == 0
+    res = run(["eval-merge", str(tmp_path / "all"), str(node1), str(node2)])
+    assert res.exit_code == 0, res.output
+    assert run(eval_args(server, data, whole)).exit_code == 0
+    assert records(tmp_path / "all") == records(whole)
+    assert trace_files(tmp_path / "all") == trace_files(whole)
+
+
 # --- kills, failures, interrupts ----------------------------------------------------------------
 
 
@@ -296,26 +319,45 @@ def test_a_worker_killed_mid_problem_loses_only_that_problem(
 
 
 @pytest.mark.slow
-def test_a_failing_worker_stops_the_others_and_shows_its_last_lines(
-    tmp_path: Path, server: ScriptedServer
-) -> None:
-    """Worker 1 stalls in p0 while the server rejects every trace of worker 2's q 1: the
-    parent exits 1 with worker 2's own error, and worker 1 is stopped (its stream closed)."""
+def test_a_failing_worker_shows_its_own_error(tmp_path: Path, server: ScriptedServer) -> None:
+    """The server rejects every trace of worker 1's q 0: the parent exits 1 with the
+    worker's own message, quoted from its log, and how to go on."""
     data = dataset(tmp_path, 2)
     out = tmp_path / "out"
-    scripts(server).stall.add("q 0")
-    scripts(server).reject.add("q 1")
+    scripts(server).reject.add("q 0")
     res = run(eval_args(server, data, out, "--workers", "2"))
     assert res.exit_code == 1
     flat = " ".join(res.output.split())
-    assert "worker 2/2 (--shard 2/2) exited with code 1; the other workers were stopped" in flat
-    assert f"Its last lines ({out / '.workers' / '2' / 'worker.log'}):" in flat
+    assert "worker 1/2 (--shard 1/2) exited with code 1; the other workers were stopped" in flat
+    assert f"Its last lines ({out / '.workers' / '1' / 'worker.log'}):" in flat
     assert (
         "error: 8 traces failed in a row, so deepconf gave up; the first error was:"
         f" {server.base_url} rejected the request (HTTP 400)"
-    ) in flat.split("Its last lines")[1]  # the worker's own message
-    stalled = [s for s in server.streams if s.seed is not None and "q 0" in str(s.body)]
-    wait(server, lambda: stalled[0].disconnected, "worker 1's stream closed")
+    ) in flat.split("Its last lines")[1]
+    assert flat.endswith("rerun the same command to resume: finished problems are kept")
+
+
+@pytest.mark.slow
+def test_a_worker_that_exits_non_zero_stops_the_others(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
+    """Both workers stall mid-problem; worker 2 alone is interrupted (SIGINT), exits 130
+    and says so in its log: the parent exits 1 quoting that line, and worker 1 is stopped
+    (its stream is closed from its end)."""
+    data = dataset(tmp_path, 2)
+    scripts(server).stall.update({"q 0", "q 1"})
+    proc = parent(eval_args(server, data, tmp_path / "out", "--workers", "2"))
+    try:
+        wait(server, lambda: len(prompts_streamed(server)) == 2, "both workers streaming")
+        os.kill(children(proc.pid)["2/2"], signal.SIGINT)
+        said, _ = proc.communicate(timeout=HANG_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    flat = " ".join(said.split())
+    assert "worker 2/2 (--shard 2/2) exited with code 130; the other workers were stopped" in flat
+    assert "error: interrupted: the problems that finished are saved in" in flat
+    wait(server, lambda: all(s.disconnected for s in server.streams), "worker 1's stream closed")
 
 
 @pytest.mark.slow
@@ -342,7 +384,7 @@ def test_a_folder_of_another_worker_count_is_refused(
     tmp_path: Path, server: ScriptedServer
 ) -> None:
     """Shards of 3 left in OUT/.workers cannot be resumed as shards of 2: refused, naming
-    the count to rerun with."""
+    the count to rerun with. One worker runs, saying it leaves them alone."""
     data = dataset(tmp_path, 2)
     out = tmp_path / "out"
     (out / ".workers" / "1").mkdir(parents=True)
@@ -352,4 +394,10 @@ def test_a_folder_of_another_worker_count_is_refused(
     assert (
         f"{out / '.workers'} holds the unfinished workers of a run with --workers 3: rerun"
         " with --workers 3 to finish and merge them"
+    ) in " ".join(res.output.split())
+    res = run(eval_args(server, data, out))
+    assert res.exit_code == 0
+    assert (
+        f"note: {out / '.workers'} holds the folders of an unfinished --workers run: one worker"
+        " neither uses nor removes them"
     ) in " ".join(res.output.split())
