@@ -24,6 +24,8 @@ position, as --shard's are: the sizes differ by at most one problem).
   run that raises --limit, or --workers on a folder a one-worker run began all run only what
   is missing. After the merge OUT/.workers is removed. OUT/results.jsonl is replaced in one
   rename after the trace files it names are in place: a kill leaves the old file or the new.
+- Stopping: a worker that exits non-zero, Ctrl-C or SIGTERM to the parent stops every
+  worker (SIGTERM, then SIGKILL after a grace) before the parent exits.
 - With --shard J/M too (node J of M, N workers on it), worker i runs shard J + M(i-1) of M*N
   of the dataset: the node's shard sliced by position again (positions J-1 + M(i-1) + MN t).
 
@@ -35,14 +37,16 @@ position, as --shard's are: the sizes differ by at most one problem).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -245,25 +249,56 @@ def run_workers(
     followers = [ResultsFollower(w.folder / "results.jsonl") for w in workers]
     logs: list[IO[bytes]] = []
     procs: list[subprocess.Popen[bytes]] = []
+    with _terminate_as_interrupt():
+        try:
+            for worker in workers:
+                logs.append((worker.folder / LOG_NAME).open("wb"))
+                procs.append(_start(worker, argv, logs[-1]))
+            _watch(workers, procs, followers, on_result)
+        finally:
+            _stop(procs)
+            for log in logs:
+                log.close()
+
+
+def _watch(
+    workers: Sequence[Worker],
+    procs: Sequence[subprocess.Popen[bytes]],
+    followers: Sequence[ResultsFollower],
+    on_result: Callable[[dict[str, Any]], None],
+) -> None:
+    """Poll until every worker has exited 0 (exits are read before results, so a worker's
+    last lines are passed on before its exit counts); raise on the first that failed."""
+    while True:
+        codes = [p.poll() for p in procs]
+        for follower in followers:
+            for line in follower.new_lines():
+                on_result(line)
+        failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
+        if failed is not None:
+            raise _failure(workers[failed], codes[failed])
+        if all(code == 0 for code in codes):
+            return
+        time.sleep(POLL_S)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a supervisor, `kill`) stops the workers as Ctrl-C does, instead of ending
+    the parent alone and leaving its workers running. Signal handlers can only be set from
+    the main thread; elsewhere the default stays."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
     try:
-        for worker in workers:
-            logs.append((worker.folder / LOG_NAME).open("wb"))
-            procs.append(_start(worker, argv, logs[-1]))
-        while True:
-            codes = [p.poll() for p in procs]
-            for follower in followers:
-                for line in follower.new_lines():
-                    on_result(line)
-            failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
-            if failed is not None:
-                raise _failure(workers[failed], codes[failed])
-            if all(code == 0 for code in codes):
-                return
-            time.sleep(POLL_S)
+        yield
     finally:
-        _stop(procs)
-        for log in logs:
-            log.close()
+        signal.signal(signal.SIGTERM, old)
 
 
 def _start(worker: Worker, argv: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes]:

@@ -361,17 +361,18 @@ def test_a_worker_that_exits_non_zero_stops_the_others(
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_worker_and_says_how_to_resume(
-    tmp_path: Path, server: ScriptedServer
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_every_worker_and_says_how_to_resume(
+    tmp_path: Path, server: ScriptedServer, sig: signal.Signals
 ) -> None:
-    """SIGINT to the parent alone (as a signal from a supervisor would be): both workers
-    stop (their stalled streams are closed), and the parent exits 130 saying to rerun."""
+    """SIGINT (Ctrl-C, here to the parent alone) or SIGTERM (a supervisor) to the parent:
+    both workers stop (their stalled streams are closed), and it exits 130 saying to rerun."""
     data = dataset(tmp_path, 2)
     scripts(server).stall.update({"q 0", "q 1"})
     proc = parent(eval_args(server, data, tmp_path / "out", "--workers", "2"))
     try:
         wait(server, lambda: len(prompts_streamed(server)) == 2, "both workers streaming")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         said, _ = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
