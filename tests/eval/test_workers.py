@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from deepconf.cli import app
 from deepconf.errors import ConfigError
+from deepconf.eval import workers as workers_module
 from deepconf.eval.shards import Shard
 from deepconf.eval.workers import CLI, plan_workers, split_limit
 
@@ -182,6 +183,34 @@ def test_workers_of_a_node_shard_slice_it_again_by_position(tmp_path: Path) -> N
         Shard(2, 3),
         Shard(3, 3),
     ]
+
+
+def test_workers_get_the_flags_the_eval_was_given(
+    tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker runs with every option the eval was given, from the command line or the
+    environment (--base-url from $DEEPCONF_BASE_URL), as flags again: a switch as itself, a
+    template as typed (the worker reads it the same way), defaults left out, and --workers,
+    --shard, --max-traces and --output left to the parent."""
+    given: list[list[str]] = []
+
+    def capture(workers: Any, argv: list[str], on_result: Any) -> None:
+        given.append(argv)
+        raise ConfigError("captured")
+
+    monkeypatch.setattr(workers_module, "run_workers", capture)
+    monkeypatch.setenv("DEEPCONF_BASE_URL", server.base_url)
+    data = dataset(tmp_path, 2)
+    args = ["eval", "--dataset", str(data), "--prompt-template", "Q: {problem}\\n", "--no-probe"]
+    args += ["--temperature", "0.5", "--workers", "2", "--max-traces", "5", "--parallel", "2"]
+    res = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "out")])
+    assert res.exit_code == 1 and "error: captured" in res.output
+    assert given == [
+        [
+            "--dataset", str(data), "--prompt-template", "Q: {problem}\\n", "--parallel", "2",
+            "--base-url", server.base_url, "--no-probe", "--temperature", "0.5",
+        ]
+    ]  # fmt: skip
 
 
 def test_eval_refuses_more_workers_than_traces(tmp_path: Path, server: ScriptedServer) -> None:
