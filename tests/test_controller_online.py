@@ -317,3 +317,20 @@ async def test_an_empty_online_vote_falls_back_to_majority_and_says_why() -> Non
         "No trace passed the confidence threshold with an answer, so the answer is plain"
         " majority over the 3 traces that ran to completion."
     )
+
+
+async def test_a_token_budget_spent_inside_the_warm_up_leaves_no_vote_and_says_so() -> None:
+    """Two warm-up traces of 20 tokens each in flight, token budget 30: both are cancelled
+    before either ends, so there is no threshold and no vote; the result still names the
+    policy, has both methods (empty), and a fallback sentence saying there was no answer."""
+    fake = FakeBackend(default=lambda i: Script(conf=15.0, n=20, answer="7"))
+    cfg = make_config(warmup=2, budget=4, token_budget=30, concurrency=2)
+    result = await DeepConf(fake, cfg).solve("q")
+    assert result.stop_reason == "token_budget" and result.threshold is None
+    assert [t.status for t in result.traces] == [TraceStatus.CANCELLED] * 2
+    assert result.answer is None and result.methods == {"deepconf": None, "majority": None}
+    assert result.fallback == (
+        "No trace passed the confidence threshold with an answer, and no trace that ran to"
+        " completion gave an answer."
+    )
+    assert result.policy is not None and result.policy["name"] == "deepconf-low"
