@@ -36,6 +36,7 @@ from asyncio_throttle import Throttler
 from pydantic import Field, field_validator, model_validator
 
 from deepconf.backend import Prompt, TokenBatch, TraceRequest
+from deepconf.backends.h1_transport import default_transport
 from deepconf.backends.http_errors import (
     NOT_STREAMS,
     HttpErrors,
@@ -220,16 +221,17 @@ class OpenAIHttpBackend:
     def _new_client(self) -> httpx.AsyncClient:
         cfg = self.config
         api_key = cfg.api_key or os.environ.get("OPENAI_API_KEY")
+        limits = httpx.Limits(
+            max_connections=cfg.max_connections,
+            max_keepalive_connections=cfg.max_connections,
+        )
         return httpx.AsyncClient(
-            transport=self._transport,
+            # The lean HTTP/1.1 transport for plain http (backends/h1_transport.py).
+            transport=self._transport or default_transport(limits),
             headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
             # pool=None: with more traces than connections, wait for one, never fail.
             timeout=httpx.Timeout(
                 connect=cfg.connect_timeout, read=cfg.token_timeout, write=60.0, pool=None
-            ),
-            limits=httpx.Limits(
-                max_connections=cfg.max_connections,
-                max_keepalive_connections=cfg.max_connections,
             ),
         )
 

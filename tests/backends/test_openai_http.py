@@ -80,7 +80,9 @@ async def test_stream_counts_tokens_from_logprobs_in_multi_token_chunks(scripted
     else:  # completions has no reasoning channel: everything is text
         assert text == REASONING + TEXT
     assert [b.finish_reason for b in batches if b.finish_reason] == ["stop"]
-    assert any(len(b.top_logprobs) == 3 for b in batches)
+    # A batch is one network read: whole 3-token chunks, several when they came together.
+    sizes = [b.n_tokens for b in batches if b.n_tokens]
+    assert all(n % 3 == 0 for n in sizes[:-1]) and max(sizes) >= 3
 
 
 @pytest.mark.parametrize("api", ["chat", "completions"])

@@ -1,0 +1,150 @@
+"""The lean HTTP/1.1 transport (backends/h1_transport.py) against its slow reference, httpx's
+own transport: the same server bytes, split anyhow, give the same status, headers and body;
+framing errors and refused connections raise httpx's exception types; connections are
+reused after a whole body and closed after a partial one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from deepconf.backends.h1_transport import H1Transport, default_transport
+
+LIMITS = httpx.Limits(max_connections=8)
+
+
+class RawServer:
+    """Answers every request with `reply`, written in `splits`-byte pieces (0: at once);
+    counts the connections it accepted."""
+
+    def __init__(self, reply: bytes, splits: int = 0, close: bool = False) -> None:
+        self.reply, self.splits, self.close = reply, splits, close
+        self.connections = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = [
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ]
+                if length:
+                    await reader.readexactly(length[0])
+                step = self.splits or len(self.reply)
+                for i in range(0, len(self.reply), step):
+                    writer.write(self.reply[i : i + step])
+                    await writer.drain()
+                    await asyncio.sleep(0)
+                if self.close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+
+async def fetch(transport: httpx.AsyncBaseTransport, url: str) -> tuple[int, list, bytes]:
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.post(url + "/x", content=b'{"a": 1}')
+        headers = [(k, v) for k, v in response.headers.items() if k != "date"]
+        return response.status_code, headers, response.content
+
+
+def both() -> list[httpx.AsyncBaseTransport]:
+    return [httpx.AsyncHTTPTransport(limits=LIMITS), H1Transport(httpx.AsyncHTTPTransport(), 8)]
+
+
+SSE = b"".join(b'data: {"i": %d}\n\n' % i for i in range(20))
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    + b"".join(b"%x;ext=1\r\n%s\r\n" % (len(e) + 2, e + b"\n\n") for e in SSE.split(b"\n\n")[:-1])
+    + b"0\r\nx-trailer: 1\r\n\r\n"
+)
+LENGTH = (
+    b"HTTP/1.1 404 Not Found\r\ncontent-length: 11\r\ncontent-type: text/plain\r\n\r\nhello world"
+)
+TO_CLOSE = b'HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{"to": "the close"}'
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n" + LENGTH
+
+
+@pytest.mark.parametrize("reply", [CHUNKED, LENGTH, TO_CLOSE, CONTINUE])
+@pytest.mark.parametrize("splits", [0, 1, 7])
+async def test_the_lean_transport_reads_what_httpx_reads(reply: bytes, splits: int) -> None:
+    """Chunk extensions and trailers, Content-Length, a body to the close, a 100 Continue
+    first; the bytes at once, one at a time, or in 7-byte pieces."""
+    got = []
+    for transport in both():
+        async with RawServer(reply, splits, close=reply is TO_CLOSE) as url:
+            got.append(await fetch(transport, url))
+    assert got[0] == got[1]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        CHUNKED[:-30],  # closes mid-body
+        CHUNKED.replace(b"transfer-encoding", b"x-te").replace(b"HTTP/1.1", b"HTTP/1.0")[:60],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",  # a bad chunk size
+        b"",  # closes before any answer
+    ],
+)
+async def test_broken_replies_raise_httpx_errors_as_httpx_does(reply: bytes) -> None:
+    kinds = []
+    for transport in both():
+        async with RawServer(reply, close=True) as url:
+            try:
+                await fetch(transport, url)
+                kinds.append(None)
+            except httpx.TransportError as exc:
+                kinds.append(isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError))
+    assert kinds[0] == kinds[1]
+
+
+async def test_a_refused_connection_is_an_httpx_connect_error() -> None:
+    async with RawServer(b"") as url:
+        pass  # closed: nothing listens there now
+    with pytest.raises(httpx.ConnectError):
+        await fetch(H1Transport(httpx.AsyncHTTPTransport(), 8), url)
+
+
+async def test_a_whole_body_keeps_the_connection_a_partial_one_closes_it() -> None:
+    server = RawServer(CHUNKED, splits=7)
+    async with server as url:
+        transport = H1Transport(httpx.AsyncHTTPTransport(), 8)
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(3):
+                assert (await client.get(url + "/x")).content == SSE
+            assert server.connections == 1  # reused
+            async with client.stream("GET", url + "/x") as response:
+                parts: AsyncIterator[bytes] = response.aiter_bytes()
+                await anext(parts)  # then closed early: a prune
+            assert (await client.get(url + "/x")).content == SSE
+            assert server.connections == 2  # the partial one was not reused
+
+
+def test_proxies_in_the_environment_keep_httpx_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    assert isinstance(default_transport(LIMITS), httpx.AsyncHTTPTransport)
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    assert isinstance(default_transport(LIMITS), H1Transport)
