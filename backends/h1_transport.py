@@ -14,8 +14,8 @@ RemoteProtocolError), so `HttpErrors` words them as before.
 Connections are kept alive and reused (a stale idle one is retried once on a new
 connection); a response closed before its end (a prune) closes its connection, which is
 how the server learns to abort. At most `max_connections` are open at once; more requests
-wait. https and anything else go to `fallback` (httpx's own transport), as does every
-request when proxy environment variables are set (`default_transport`). httpx's transport
+wait. https and anything else go to `fallback` (httpx's own transport); with proxy
+environment variables set, httpx keeps every request (`default_transport`). httpx's transport
 is the slow reference the tests compare it with.
 
     client = httpx.AsyncClient(transport=default_transport(limits))
@@ -35,14 +35,14 @@ MAX_HEAD_BYTES = 64 * 1024  # status line + headers
 PAUSE_ABOVE = 1 << 20  # buffered, unread body bytes at which the socket stops being read
 
 
-def default_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """The transport the HTTP backend uses: `H1Transport` unless proxies are configured in
-    the environment (httpx mounts those only for its own transport)."""
-    fallback = httpx.AsyncHTTPTransport(limits=limits)
+def default_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
+    """The transport the HTTP backend uses: `H1Transport`, or None (httpx's own, chosen by
+    httpx) when proxies are configured in the environment: httpx mounts those only when no
+    transport is given."""
     proxies = urllib.request.getproxies()
     if any(key in proxies for key in ("http", "all")):
-        return fallback
-    return H1Transport(fallback, limits.max_connections)
+        return None
+    return H1Transport(httpx.AsyncHTTPTransport(limits=limits), limits.max_connections)
 
 
 class H1Transport(httpx.AsyncBaseTransport):

@@ -233,6 +233,7 @@ class OpenAIHttpBackend:
             timeout=httpx.Timeout(
                 connect=cfg.connect_timeout, read=cfg.token_timeout, write=60.0, pool=None
             ),
+            limits=limits,  # httpx's own transport, where it is used (proxies)
         )
 
     async def aclose(self) -> None:

@@ -141,8 +141,9 @@ async def test_a_whole_body_keeps_the_connection_a_partial_one_closes_it() -> No
 
 
 def test_proxies_in_the_environment_keep_httpx_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a proxy set, no transport is given, so httpx mounts the proxy as it always did."""
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
-    assert isinstance(default_transport(LIMITS), httpx.AsyncHTTPTransport)
+    assert default_transport(LIMITS) is None
     monkeypatch.delenv("HTTP_PROXY")
     monkeypatch.delenv("http_proxy", raising=False)
     monkeypatch.delenv("ALL_PROXY", raising=False)
