@@ -14,9 +14,9 @@ RemoteProtocolError), so `HttpErrors` words them as before.
 Connections are kept alive and reused (a stale idle one is retried once on a new
 connection); a response closed before its end (a prune) closes its connection, which is
 how the server learns to abort. At most `max_connections` are open at once; more requests
-wait. https and anything else go to `fallback` (httpx's own transport); with proxy
-environment variables set, httpx keeps every request (`default_transport`). httpx's transport
-is the slow reference the tests compare it with.
+wait. https and anything else go to `fallback()` (httpx's own transport, made on first
+use); with proxy environment variables set, httpx keeps every request (`default_transport`).
+httpx's transport is the slow reference the tests compare it with.
 
     client = httpx.AsyncClient(transport=default_transport(limits))
 """
@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import socket
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
@@ -42,14 +42,19 @@ def default_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
     proxies = urllib.request.getproxies()
     if any(key in proxies for key in ("http", "all")):
         return None
-    return H1Transport(httpx.AsyncHTTPTransport(limits=limits), limits.max_connections)
+    return H1Transport(lambda: httpx.AsyncHTTPTransport(limits=limits), limits.max_connections)
 
 
 class H1Transport(httpx.AsyncBaseTransport):
     """See the module docstring."""
 
-    def __init__(self, fallback: httpx.AsyncBaseTransport, max_connections: int | None) -> None:
-        self._fallback = fallback
+    def __init__(
+        self, fallback: Callable[[], httpx.AsyncBaseTransport], max_connections: int | None
+    ) -> None:
+        # Made on first use: httpx's transport loads the CA store at once (~50 ms of CPU),
+        # which a plain-http run never needs.
+        self._make_fallback = fallback
+        self._fallback: httpx.AsyncBaseTransport | None = None
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._max = max_connections
         self._slots: asyncio.Semaphore | None = None
@@ -58,6 +63,8 @@ class H1Transport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         if url.scheme != "http":
+            if self._fallback is None:
+                self._fallback = self._make_fallback()
             return await self._fallback.handle_async_request(request)
         if self._slots is None and self._max is not None:
             self._slots = asyncio.Semaphore(self._max)
@@ -139,7 +146,8 @@ class H1Transport(httpx.AsyncBaseTransport):
             conn.close()
         self._open.clear()
         self._idle.clear()
-        await self._fallback.aclose()
+        if self._fallback is not None:
+            await self._fallback.aclose()
 
 
 def _request_head(request: httpx.Request, body: bytes) -> bytes:

@@ -69,7 +69,7 @@ async def fetch(transport: httpx.AsyncBaseTransport, url: str) -> tuple[int, lis
 
 
 def both() -> list[httpx.AsyncBaseTransport]:
-    return [httpx.AsyncHTTPTransport(limits=LIMITS), H1Transport(httpx.AsyncHTTPTransport(), 8)]
+    return [httpx.AsyncHTTPTransport(limits=LIMITS), H1Transport(httpx.AsyncHTTPTransport, 8)]
 
 
 SSE = b"".join(b'data: {"i": %d}\n\n' % i for i in range(20))
@@ -122,13 +122,13 @@ async def test_a_refused_connection_is_an_httpx_connect_error() -> None:
     async with RawServer(b"") as url:
         pass  # closed: nothing listens there now
     with pytest.raises(httpx.ConnectError):
-        await fetch(H1Transport(httpx.AsyncHTTPTransport(), 8), url)
+        await fetch(H1Transport(httpx.AsyncHTTPTransport, 8), url)
 
 
 async def test_a_whole_body_keeps_the_connection_a_partial_one_closes_it() -> None:
     server = RawServer(CHUNKED, splits=7)
     async with server as url:
-        transport = H1Transport(httpx.AsyncHTTPTransport(), 8)
+        transport = H1Transport(httpx.AsyncHTTPTransport, 8)
         async with httpx.AsyncClient(transport=transport) as client:
             for _ in range(3):
                 assert (await client.get(url + "/x")).content == SSE
