@@ -331,6 +331,25 @@ class _Connection(asyncio.Protocol):
 
     def _take_chunked(self) -> bytes:
         buf, pos, out = self._buf, 0, []
+        if not (self._remaining or self._need_crlf or self._trailer):
+            # The common case, whole chunks back to back ("SIZE\r\nDATA\r\n", a server's
+            # event each): five steps a chunk. Anything else (an extension, the last chunk,
+            # a chunk cut by the read) is left to the general loop below.
+            n = len(buf)
+            while True:
+                end = buf.find(b"\r\n", pos, pos + 18)
+                if end <= pos:
+                    break
+                try:
+                    size = int(buf[pos:end], 16)
+                except ValueError:
+                    break
+                start = end + 2
+                stop = start + size
+                if size <= 0 or stop + 2 > n or buf[stop : stop + 2] != b"\r\n":
+                    break
+                out.append(buf[start:stop])
+                pos = stop + 2
         while not self.body_done:
             if self._remaining:
                 piece = bytes(buf[pos : pos + self._remaining])
@@ -364,7 +383,7 @@ class _Connection(asyncio.Protocol):
                 self._remaining = size
                 self._trailer = size == 0
         del buf[:pos]
-        return b"".join(out) if len(out) != 1 else out[0]
+        return b"".join(out)
 
     def _broken(self, what: str) -> httpx.TransportError:
         if self.error is not None:

@@ -78,6 +78,7 @@ CHUNKED = (
     + b"".join(b"%x;ext=1\r\n%s\r\n" % (len(e) + 2, e + b"\n\n") for e in SSE.split(b"\n\n")[:-1])
     + b"0\r\nx-trailer: 1\r\n\r\n"
 )
+PLAIN_CHUNKS = CHUNKED.replace(b";ext=1", b"")  # whole chunks back to back: the fast loop
 LENGTH = (
     b"HTTP/1.1 404 Not Found\r\ncontent-length: 11\r\ncontent-type: text/plain\r\n\r\nhello world"
 )
@@ -85,8 +86,8 @@ TO_CLOSE = b'HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{"to": "th
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n" + LENGTH
 
 
-@pytest.mark.parametrize("reply", [CHUNKED, LENGTH, TO_CLOSE, CONTINUE])
-@pytest.mark.parametrize("splits", [0, 1, 7])
+@pytest.mark.parametrize("reply", [CHUNKED, PLAIN_CHUNKS, LENGTH, TO_CLOSE, CONTINUE])
+@pytest.mark.parametrize("splits", [0, 1, 7, 100])
 async def test_the_lean_transport_reads_what_httpx_reads(reply: bytes, splits: int) -> None:
     """Chunk extensions and trailers, Content-Length, a body to the close, a 100 Continue
     first; the bytes at once, one at a time, or in 7-byte pieces."""
