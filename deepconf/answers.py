@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import regex
-from math_verify import parse, verify
 
 from deepconf.config import AnswerConfig
 from deepconf.deadline import run_within
@@ -272,6 +271,14 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 class _Class:
     key: str  # first-seen raw string: what the vote table shows
     parsed: list[Any] | None  # math-verify's parse, None when compared as a string only
+    integer: str | None = None  # an integer class's normal form, parsed only when needed
+
+
+# Integers written plainly (no sign on 0, no leading zero, at most 15 digits): two of them are
+# one answer exactly when they are the same string, as math-verify agrees (the tests check it
+# against math-verify), so a vote of such answers alone never needs math-verify at all. Its
+# import (sympy) is most of a solve's start-up: ~0.3 s of CPU.
+_PLAIN_INTEGER = re.compile(r"0|-?[1-9][0-9]{0,14}")
 
 
 class AnswerKeys:
@@ -321,6 +328,12 @@ class AnswerKeys:
         key = self._by_norm.get(norm)
         if key is not None:
             return key
+        if _PLAIN_INTEGER.fullmatch(norm) and all(c.integer for c in self._classes):
+            # A new plain integer among plain integers: a class of its own, parsed later
+            # only if an answer of another form must be compared with it.
+            self._classes.append(_Class(raw, None, norm))
+            self._by_norm[norm] = raw
+            return raw
         parsed = None
         if self._symbolic_left > 0 and not (is_text or too_costly(norm)):
             parsed, key = self._symbolic(norm)
@@ -348,6 +361,8 @@ class AnswerKeys:
         parsed = _parse(norm)
         if parsed is not None:
             for cls in self._classes:
+                if cls.integer is not None:
+                    cls.parsed, cls.integer = _parse(cls.integer), None  # its turn came
                 if cls.parsed is not None and _verify(cls.parsed, parsed):
                     return parsed, cls.key
         return parsed, None
@@ -362,6 +377,8 @@ def _warm_up() -> None:
 
 
 def _parse(norm: str) -> list[Any] | None:
+    from math_verify import parse  # imported on first use: see _PLAIN_INTEGER
+
     try:
         parsed = parse("$" + norm + "$", parsing_timeout=None)
     except Exception:  # a parser bug must not sink a vote: compare as a string
@@ -370,6 +387,8 @@ def _parse(norm: str) -> list[Any] | None:
 
 
 def _verify(gold: list[Any], target: list[Any]) -> bool:
+    from math_verify import verify
+
     try:
         return bool(verify(gold, target, timeout_seconds=None))
     except Exception:  # as in _parse: unknown counts as "not equal"

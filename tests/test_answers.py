@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import threading
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deepconf import answers as answers_module
 from deepconf.answers import AnswerKeys, extract_answer, normalise_answer, too_costly
 from deepconf.config import AnswerConfig
 
@@ -229,14 +232,14 @@ def test_explosive_answers_are_bounded(explosive: str) -> None:
     keys = CountingKeys()
 
     def work() -> None:
-        keys.key("3")
+        keys.key("3/4")  # parsed (a plain integer would not be, until compared)
         done.append(keys.key(explosive))
 
     t = threading.Thread(target=work, daemon=True)  # daemon: a regression must not hang pytest
     t.start()
     t.join(timeout=60)
     assert done == [explosive]
-    assert keys.symbolic == ["3"]  # the explosive answer never reached sympy
+    assert keys.symbolic == ["3/4"]  # the explosive answer never reached sympy
 
 
 @pytest.mark.parametrize("benign", ["2^{10}", "x^2+1", "5!", r"\binom{10}{3}", r"\sqrt[3]{2}"])
@@ -264,3 +267,35 @@ def test_key_is_idempotent_and_order_stable(answers: list[str]) -> None:
     assert all(k in answers for k in first)
     assert [keys.key(k) for k in first] == first
     assert [keys.key(a) for a in answers] == first
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                *["17", "42", "0", "-3", "007", "17.0", r"\frac{84}{2}", "x", "-0", "3", "1/2"],
+                *["123456789012345", "123456789012346", "100000000000000000"],
+            ]
+        ),
+        max_size=10,
+    )
+)
+def test_plain_integers_are_keyed_as_math_verify_keys_them(answers: list[str]) -> None:
+    """The plain-integer path (no math-verify while every class is a plain integer; an
+    integer class parsed once another form must be compared with it) gives exactly the keys
+    of the path that parses every answer."""
+    with mock.patch.object(answers_module, "_PLAIN_INTEGER", re.compile(r"(?!)")):
+        reference = AnswerKeys()
+        want = [reference.key(a) for a in answers]
+    keys = AnswerKeys()
+    assert [keys.key(a) for a in answers] == want
+
+
+def test_a_vote_of_plain_integers_never_calls_math_verify() -> None:
+    keys = CountingKeys()
+    said = ["42", "17", "42", " 17 ", "x = 42"]
+    assert [keys.key(a) for a in said] == ["42", "17", "42", "17", "42"]
+    assert keys.symbolic == []
+    assert keys.key(r"\frac{34}{2}") == "17"  # then the integers are parsed, once
+    assert keys.symbolic == [r"\frac{34}{2}"]
