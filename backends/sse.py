@@ -364,19 +364,47 @@ def decode_payloads(payloads: list[bytes], k: int, offset: int = 0) -> Decoded:
                     finish = choice.finish_reason
         if chunk.usage:
             usage = {key: v for key, v in chunk.usage.items() if isinstance(v, int)}
-    if rows and _full(rows, k):
-        # Per read, not per token: at one token per read the NaN-aware steps (np.clip, the
-        # empty-row count) cost more than the decode itself; full rows have no empty row.
-        matrix = _full_matrix(rows)
-        # Rows here hold no NaN (msgspec refuses it; _decode_one fails the trace on it), so
-        # Python's min and max see every value; in range, the clamp has nothing to do.
-        if min(map(min, rows)) < LOGPROB_FLOOR or max(map(max, rows)) > 0.0:  # type: ignore[type-var]
-            sanitise(matrix)
+    # Per read, not per token: the NaN-aware steps (np.clip, the empty-row count) cost more
+    # than the decode itself at one token per read; full rows have no empty row.
+    matrix = _full_rows_sanitised(rows, k) if rows else None
+    if matrix is not None:
         empty = 0
     else:
         matrix = sanitise(top_k_matrix(rows, k))
         empty = _empty_rows(matrix)
     return Decoded(matrix, "".join(text), "".join(reasoning), finish, usage, done, empty, unscored)
+
+
+# Rows per read from which numpy checks them faster than Python does row by row.
+_NUMPY_CHECK_ROWS = 8
+
+
+def _full_rows_sanitised(rows: list[list[float | None]], k: int) -> np.ndarray | None:
+    """`sanitise(top_k_matrix(rows, k))` when every row holds exactly k values (the common
+    case), else None. Rows hold no NaN here (msgspec refuses it; _decode_one fails the trace
+    on it), so the clamp has work only when the smallest or largest value is out of range."""
+    if len(rows) < _NUMPY_CHECK_ROWS:  # a read of a few tokens: Python is quicker
+        if not _full(rows, k):
+            return None
+        matrix = _full_matrix(rows)
+        if min(map(min, rows)) < LOGPROB_FLOOR or max(map(max, rows)) > 0.0:  # type: ignore[type-var]
+            sanitise(matrix)
+        return matrix
+    # A read that caught up with many tokens: a null becomes NaN, which sorts last and makes
+    # the largest value NaN; rows of other lengths do not make an (n, k) array.
+    try:
+        a = np.array(rows, dtype=np.float64)  # (n, k)
+    except ValueError:
+        return None
+    if a.ndim != 2 or a.shape[1] != k:
+        return None
+    a.sort(axis=1)
+    hi = a[:, -1].max()
+    if math.isnan(hi):
+        return None
+    if hi > 0.0 or a[:, 0].min() < LOGPROB_FLOOR:
+        sanitise(a)
+    return a[:, ::-1]
 
 
 def sanitise(top_logprobs: np.ndarray) -> np.ndarray:

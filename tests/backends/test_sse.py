@@ -569,7 +569,7 @@ def full_chat_reads(draw):
     decoder's fast path), some out of range (placeholders, -inf, rounding above 0)."""
     k = draw(st.integers(1, 20))
     payloads = []
-    for _ in range(draw(st.integers(1, 4))):
+    for _ in range(draw(st.integers(1, 8))):  # past 8 rows numpy checks them
         n = draw(st.integers(1, 3))
         rows = [draw(st.lists(full_logprob, min_size=k, max_size=k)) for _ in range(n)]
         payloads.append(json.dumps(chat_chunk([(f"t{i}", r) for i, r in enumerate(rows)])).encode())
@@ -577,7 +577,7 @@ def full_chat_reads(draw):
 
 
 @given(full_chat_reads())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 def test_the_full_row_fast_path_matches_the_reference(case):
     """Full rows skip the NaN-aware steps and clamp only when a value is out of range: the
     matrix, the empty-row count and the unscored text still equal the json reference's."""
@@ -586,3 +586,14 @@ def test_the_full_row_fast_path_matches_the_reference(case):
     assert_same(fast, ref)
     assert (fast.empty_rows, fast.unscored) == (ref.empty_rows, ref.unscored) == (0, None)
     assert fast.top_logprobs.min() >= -100.0 and fast.top_logprobs.max() <= 0.0
+
+
+@pytest.mark.parametrize("odd", [[-1.0, None, -3.0], [-1.0, -2.0], [-1.0, -2.0, -3.0, -2.0]])
+def test_a_read_of_many_rows_with_one_odd_row_takes_the_general_path(odd):
+    """Twelve full rows and one with a null, too few or one too many (llama.cpp's appended
+    copy): numpy's check sends the read down the general path, equal to the reference."""
+    rows = [[-0.5, -1.5, -2.5]] * 12 + [odd]
+    payloads = [json.dumps(chat_chunk([(f"t{i}", r)])).encode() for i, r in enumerate(rows)]
+    fast, ref = decode_payloads(payloads, 3), decode_payloads_reference(payloads, 3)
+    assert_same(fast, ref)
+    assert fast.empty_rows == ref.empty_rows
