@@ -55,9 +55,6 @@ K = 20
 # min_p 0.05 (most problems give one or two), so confidences differ from trace to trace.
 PROBLEM = make_problem(Difficulty(steps=6, digits=3), seed=10**9 + 5)
 STORY = "Write a short story about a cat who learns to count."
-# The server notices a closed stream before its next token or the one after (measured: 1-2
-# tokens past the prune point); the margin covers a slow client on a busy machine.
-PRUNE_SLACK = 8
 
 
 @dataclass(frozen=True)
@@ -166,9 +163,13 @@ def test_online_solve_accounts_for_every_trace_and_pruning_stops_the_server(mode
             assert generated[t.seed] == t.tokens + end_token, (t.seed, where)
     pruned = [t for t in result.traces if t.status == TraceStatus.PRUNED]
     assert pruned, "DeepConf-low keeps the top 10%: some online trace should fall below it"
+    # How far the server ran past the prune point is how far the client lagged behind it
+    # (measured: 1-2 tokens idle, 9 under load), a matter of timing, so it is not bounded
+    # here. What the protocol promises is that the server stopped: without the abort every
+    # trace would run to max_tokens (the case's max_tokens stops them before their answer).
     past = [generated[t.seed] - t.tokens for t in pruned]
-    assert all(0 <= n <= PRUNE_SLACK for n in past), (past, where)
-    assert all(generated[t.seed] < case.max_tokens for t in pruned), where
+    assert all(n >= 0 for n in past), (past, where)
+    assert all(generated[t.seed] < case.max_tokens for t in pruned), (past, where)
 
 
 # ------------------------------------------------------------ confidences vs serve-model
