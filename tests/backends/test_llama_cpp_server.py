@@ -137,8 +137,8 @@ def test_online_solve_accounts_for_every_trace_and_pruning_stops_the_server(mode
     and tokens; the totals are the traces' sum; the threshold is finite. The server's own
     count of what it generated for each request (mapped by seed, trace i sends seed i):
     a trace that ran to its end cost what the client received (plus the unstreamed end
-    token), and a pruned one stopped a token or two after the client closed it, far short
-    of max_tokens: DeepConf's saving is real on this server."""
+    token), and a pruned one stopped soon after the client closed it, short of max_tokens:
+    DeepConf's saving is real on this server."""
     case = CASES[model]
     server: LlamaServer = request.getfixturevalue(case.server)
     before = len(server.requests())
