@@ -330,27 +330,11 @@ class _Connection(asyncio.Protocol):
         return data
 
     def _take_chunked(self) -> bytes:
-        buf, pos, out = self._buf, 0, []
-        if not (self._remaining or self._need_crlf or self._trailer):
-            # The common case, whole chunks back to back ("SIZE\r\nDATA\r\n", a server's
-            # event each): five steps a chunk. Anything else (an extension, the last chunk,
-            # a chunk cut by the read) is left to the general loop below.
-            n = len(buf)
-            while True:
-                end = buf.find(b"\r\n", pos, pos + 18)
-                if end <= pos:
-                    break
-                try:
-                    size = int(buf[pos:end], 16)
-                except ValueError:
-                    break
-                start = end + 2
-                stop = start + size
-                if size <= 0 or stop + 2 > n or buf[stop : stop + 2] != b"\r\n":
-                    break
-                out.append(buf[start:stop])
-                pos = stop + 2
+        buf, pos = self._buf, 0
+        out: list[bytes | bytearray] = []
         while not self.body_done:
+            if not (self._remaining or self._need_crlf or self._trailer):
+                pos = _whole_chunks(buf, pos, out)  # the common case, then one general step
             if self._remaining:
                 piece = bytes(buf[pos : pos + self._remaining])
                 if not piece:
@@ -391,6 +375,27 @@ class _Connection(asyncio.Protocol):
             exc.__cause__ = self.error
             return exc
         return httpx.RemoteProtocolError(what)
+
+
+def _whole_chunks(buf: bytearray, pos: int, out: list[bytes | bytearray]) -> int:
+    """Take whole chunks back to back ("SIZE\\r\\nDATA\\r\\n", a server's event each) from
+    `pos`, five steps a chunk; return where they end. Anything else (an extension, the last
+    chunk, a chunk cut by the read) is left to `_take_chunked`'s general steps."""
+    n = len(buf)
+    while True:
+        end = buf.find(b"\r\n", pos, pos + 18)
+        if end <= pos:
+            return pos
+        try:
+            size = int(buf[pos:end], 16)
+        except ValueError:
+            return pos
+        start = end + 2
+        stop = start + size
+        if size <= 0 or stop + 2 > n or buf[stop : stop + 2] != b"\r\n":
+            return pos
+        out.append(buf[start:stop])
+        pos = stop + 2
 
 
 class _Body(httpx.AsyncByteStream):

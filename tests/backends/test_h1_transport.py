@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from deepconf.backends.h1_transport import H1Transport, default_transport
+from deepconf.backends.h1_transport import H1Transport, _Connection, default_transport
 
 LIMITS = httpx.Limits(max_connections=8)
 
@@ -150,3 +152,23 @@ def test_proxies_in_the_environment_keep_httpx_transport(monkeypatch: pytest.Mon
     monkeypatch.delenv("ALL_PROXY", raising=False)
     monkeypatch.delenv("all_proxy", raising=False)
     assert isinstance(default_transport(LIMITS), H1Transport)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([CHUNKED, PLAIN_CHUNKS]), st.lists(st.integers(1, 2000), max_size=12))
+def test_chunked_bodies_split_anywhere_give_the_same_bytes(reply: bytes, cuts: list[int]) -> None:
+    """The body of a chunked reply fed in reads cut anywhere: whole chunks go through the
+    fast loop, the rest through the general steps, and the bytes are the events, in order."""
+    body = reply.split(b"\r\n\r\n", 1)[1]
+    loop = asyncio.new_event_loop()
+    try:
+        conn = _Connection(loop)
+        conn.start_body([(b"transfer-encoding", b"chunked")], no_body=False)
+        got, last = [], 0
+        for cut in [*sorted(c for c in cuts if c < len(body)), len(body)]:
+            conn.data_received(body[last:cut])
+            last = cut
+            got.append(conn._take_chunked())
+    finally:
+        loop.close()
+    assert b"".join(got) == SSE and conn.body_done
