@@ -134,10 +134,16 @@ def children(pid: int) -> dict[str, int]:
     return found
 
 
+# A shell runs a background job with SIGINT ignored, and a Python started that way keeps
+# ignoring it (so does every worker it starts): under `.ci/stress &` or a CI runner, a
+# Ctrl-C test would then hang. The parent takes SIGINT back, as in a terminal.
+AS_IN_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+
+
 def parent(args: list[str]) -> subprocess.Popen[str]:
     """`deepconf eval` in its own process, as a user runs it (so it can be signalled)."""
     return subprocess.Popen(
-        [sys.executable, "-P", "-c", CLI, *args],
+        [sys.executable, "-P", "-c", AS_IN_A_TERMINAL + CLI, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
