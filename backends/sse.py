@@ -89,8 +89,14 @@ class SSEDecoder:
         rest = lines.pop()
         if rest:
             pending += rest
-        out: list[bytes] = []
         data, size = self._data, self._data_size
+        if not data and len(lines) % 2 == 0 and not any(lines[1::2]):
+            # The common shape (vLLM, SGLang): "data: {...}" and a blank line per event, no
+            # event left open. One step an event; the line limit above bounds each one.
+            events = lines[0::2]
+            if all(line.startswith(b"data: ") for line in events):
+                return [line[6:] for line in events]
+        out: list[bytes] = []
         for line in lines:
             if not line:
                 if data:

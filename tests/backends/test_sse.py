@@ -597,3 +597,14 @@ def test_a_read_of_many_rows_with_one_odd_row_takes_the_general_path(odd):
     fast, ref = decode_payloads(payloads, 3), decode_payloads_reference(payloads, 3)
     assert_same(fast, ref)
     assert fast.empty_rows == ref.empty_rows
+
+
+@pytest.mark.parametrize("read", [1, 700, 1921, 4096, 65536])
+def test_plain_data_events_in_reads_of_any_size_frame_as_the_reference(read):
+    """vLLM's shape ("data: {...}" and a blank line per event) takes the one-step-an-event
+    path whenever a read holds no open event; any read size frames as the reference does."""
+    from deepconf.eval.bench_stream import vllm_chat_stream
+
+    stream = vllm_chat_stream(40, 1)
+    cuts = list(range(read, len(stream), read))
+    assert feed_all(SSEDecoder(), stream, cuts) == sse_events_reference(stream)
