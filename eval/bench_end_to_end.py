@@ -162,9 +162,9 @@ def best(runs: list[Run]) -> Run:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--traces", type=int, default=128)
+    ap.add_argument("--traces", type=int, default=128, help="traces (requests) per client")
     ap.add_argument("--tokens", type=int, default=2000, help="tokens per trace")
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=32, help="streams in flight")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per client")
     args = ap.parse_args(argv)
     n, t, c = args.traces, args.tokens, args.concurrency
