@@ -79,8 +79,16 @@ class Pool:
         """The arrays for a group window (default: the recorded one). Tail length and
         bottom fraction are always the recorded ones."""
         # Answer-only samples have no confidences: any window gives the same (empty) arrays.
-        recorded = 1 if self.meta.get("answer_only") else pool_window(self)
+        # A pool that does not record its window can still be replayed at a window given
+        # (its metrics are then recomputed); only the default needs the recorded one.
+        if self.meta.get("answer_only"):
+            recorded: int | None = 1
+        elif window is None:
+            recorded = pool_window(self)
+        else:
+            recorded = self.meta.get("window")
         window = window or recorded
+        assert window is not None
         if window not in self._prepared:
             tail = int(self.meta.get("tail") or ConfidenceConfig().tail)
             bottom = float(self.meta.get("bottom_fraction") or ConfidenceConfig().bottom_fraction)

@@ -593,3 +593,15 @@ def test_a_pruned_trace_never_votes_whatever_its_signal() -> None:
     prepared = pool_of(traces, window=WINDOW).prepared()
     out = simulate_policy(prepared, [0, 1, 2], policy, 3)
     assert out == OnlineOutcome("7", 12 + 12 + 7, 3, tolerant_threshold(16.0), "budget")
+
+
+def test_a_pool_without_a_recorded_window_replays_at_a_window_given() -> None:
+    """The refusal says "pass --window", so passing one must work: the metrics are then
+    recomputed at that window (nothing recorded to reuse); the default still refuses."""
+    confs = [float(c) for c in (9, 3, 8, 1, 7, 6)]
+    pool = pool_of([trace(confs, "7")], "p1")
+    prepared = pool.prepared(2)
+    assert prepared.window == 2
+    assert prepared.metrics == [trace_metrics(np.asarray(confs), 2)]
+    with pytest.raises(ConfigError, match="pass --window"):
+        pool.prepared()
