@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.eval_folders import records, trace_files
 from support.fake_backend import FakeBackend, Script
 from typer.testing import CliRunner
 
@@ -68,28 +69,6 @@ async def run_shard(folder: Path, shard: Shard, todo: list[EvalProblem], **kw: A
     check_manifest(folder, manifest_of("d.jsonl", None, methods, config, shard=str(shard)))
     record_shard(folder, shard, mine)
     await run_eval(SeedFake(), mine, config, methods, folder, parallel=2)
-
-
-def records(folder: Path) -> dict[str, Any]:
-    """results.jsonl by problem, without the wall times (the clock's, not the run's)."""
-    out = {}
-    for text in (folder / "results.jsonl").read_text().splitlines():
-        line = json.loads(text)
-        for run in line["runs"].values():
-            del run["wall_time"]
-        out[line["problem_id"]] = line
-    return out
-
-
-def trace_files(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every trace file's records by index, without elapsed times."""
-    out = {}
-    for path in sorted((folder / "traces").iterdir()):
-        rows = [json.loads(x) for x in path.read_text().splitlines()]
-        for row in rows:
-            del row["elapsed"]
-        out[path.name] = sorted(rows, key=lambda r: r["index"])
-    return out
 
 
 # --- shards ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.eval_folders import records, trace_files
 from support.scripted_server import Script, ScriptedServer, ScriptToken
 from typer.testing import CliRunner
 
@@ -92,28 +93,6 @@ def eval_args(server: ScriptedServer, data: Path, output: Path, *more: str) -> l
 
 def run(args: list[str]) -> Any:
     return CliRunner().invoke(app, args)
-
-
-def records(folder: Path) -> dict[str, Any]:
-    """results.jsonl by problem, without the wall times (the clock's, not the run's)."""
-    out = {}
-    for text in (folder / "results.jsonl").read_text().splitlines():
-        line = json.loads(text)
-        for r in line["runs"].values():
-            del r["wall_time"]
-        out[line["problem_id"]] = line
-    return out
-
-
-def trace_files(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every trace file's records by index, without elapsed times."""
-    out = {}
-    for path in sorted((folder / "traces").iterdir()):
-        rows = [json.loads(x) for x in path.read_text().splitlines()]
-        for row in rows:
-            del row["elapsed"]
-        out[path.name] = sorted(rows, key=lambda r: r["index"])
-    return out
 
 
 def prompts_streamed(server: ScriptedServer, since: int = 0) -> set[str]:
