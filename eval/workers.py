@@ -25,7 +25,9 @@ position, as --shard's are: the sizes differ by at most one problem).
   is missing. After the merge OUT/.workers is removed. OUT/results.jsonl is replaced in one
   rename after the trace files it names are in place: a kill leaves the old file or the new.
 - Stopping: a worker that exits non-zero, Ctrl-C or SIGTERM to the parent stops every
-  worker (SIGTERM, then SIGKILL after a grace) before the parent exits.
+  worker (SIGTERM, then SIGKILL after a grace) before the parent exits. A parent killed
+  outright (SIGKILL, the OOM killer) cannot stop them, so each worker ends itself when its
+  parent goes: no orphan keeps streaming into a folder the next run will use.
 - With --shard J/M too (node J of M, N workers on it), worker i runs shard J + M(i-1) of M*N
   of the dataset: the node's shard sliced by position again (positions J-1 + M(i-1) + MN t).
 
@@ -63,6 +65,10 @@ LOG_NAME = "worker.log"
 # The console script, run by this interpreter. -P: a working directory holding the source
 # folder deepconf/ (without backends/, eval/) must not shadow the installed package.
 CLI = "from deepconf.cli import app; app()"
+# A worker runs the console script after tying its life to the parent's (see die_with_parent).
+WORKER_CLI = "from deepconf.eval.workers import die_with_parent; die_with_parent(); " + CLI
+PARENT_ENV = "DEEPCONF_WORKERS_PARENT"  # the parent's pid, as the worker must find it
+PARENT_POLL_S = 1.0  # where the kernel cannot signal a parent's death: how often to look
 # Flags the parent sets per worker; every other flag given passes through unchanged.
 PER_WORKER = ("workers", "shard", "max_traces", "output")
 POLL_S = 0.2  # how often the parent looks at its workers (progress, exits)
@@ -303,8 +309,42 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def _start(worker: Worker, argv: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     own = ["--shard", str(worker.shard), "--max-traces", str(worker.max_traces)]
-    command = [sys.executable, "-P", "-c", CLI, "eval", *argv, *own, "--output", str(worker.folder)]
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-P", "-c", WORKER_CLI, "eval", *argv, *own]
+    command += ["--output", str(worker.folder)]
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}
+    return subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+
+
+def die_with_parent() -> None:
+    """In a worker: SIGTERM this process when the parent that started it dies. On Linux the
+    kernel sends it (PR_SET_PDEATHSIG); elsewhere a daemon thread looks every second. The
+    parent may already be gone by the time this runs (a kill between fork and here): the
+    pid check after arming catches that."""
+    parent = int(os.environ.get(PARENT_ENV, "0"))
+    if not parent:
+        return  # run by hand, not by a parent's --workers
+    if not _arm_death_signal():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _arm_death_signal() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) == 0
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:

@@ -395,6 +395,50 @@ def test_ctrl_c_or_sigterm_stops_every_worker_and_says_how_to_resume(
     wait(server, lambda: all(s.disconnected for s in server.streams), "the streams closed")
 
 
+@pytest.mark.slow
+def test_workers_end_when_their_parent_is_killed_outright(
+    tmp_path: Path, server: ScriptedServer
+) -> None:
+    """SIGKILL to the parent (the OOM killer, `kill -9`) gives it no chance to stop its
+    workers: each worker ends itself when its parent goes. Both stalled streams are left by
+    their clients and neither worker process is left running."""
+    data = dataset(tmp_path, 2)
+    scripts(server).stall.update({"q 0", "q 1"})
+    proc = parent(eval_args(server, data, tmp_path / "out", "--workers", "2"))
+    try:
+        wait(server, lambda: len(prompts_streamed(server)) == 2, "both workers streaming")
+        pids = children(proc.pid)
+        assert set(pids) == {"1/2", "2/2"}
+        proc.kill()
+        proc.communicate(timeout=HANG_S)
+    finally:
+        proc.kill()
+    wait(server, lambda: all(s.disconnected for s in server.streams), "the streams closed")
+    wait(server, lambda: not any(running(pid) for pid in pids.values()), "the workers ended")
+
+
+def test_a_worker_started_after_its_parent_died_ends_at_once() -> None:
+    """The parent can die between starting a worker and the worker arming its death signal:
+    a worker whose parent is not the one named ends itself before doing anything."""
+    code = "from deepconf.eval.workers import die_with_parent; die_with_parent(); print('ran')"
+    env = {**os.environ, workers_module.PARENT_ENV: "1"}  # pid 1 is never this test's pid
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True,
+        timeout=HANG_S,
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGTERM
+    assert "ran" not in done.stdout
+
+
+def running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_a_folder_of_another_worker_count_is_refused(
     tmp_path: Path, server: ScriptedServer
 ) -> None:
