@@ -107,6 +107,18 @@ def main(
     """DeepConf: many reasoning traces, low-confidence ones pruned early, a confident vote."""
 
 
+def _refuse_online_flags(mode: str, **given: object) -> None:
+    """Offline, --variant, --tau and --warmup mean nothing (every trace runs; the vote is
+    --offline-method's): refuse them when given rather than ignore them."""
+    named = [f"--{name}" for name, value in given.items() if value is not None]
+    if mode == "offline" and named:
+        raise ConfigError(
+            f"{', '.join(named)} {'applies' if len(named) == 1 else 'apply'} to online runs only;"
+            " offline runs every trace of --budget and answers with --offline-method"
+            " (majority, tail@10, tail@90, ...): drop it, or use --mode online"
+        )
+
+
 def _read_prompt(prompt: str | None, file: Path | None) -> str:
     if file is not None:
         if prompt is not None:
@@ -288,11 +300,7 @@ def solve(
             seed=seed,
             system=system,
         )
-        if config.mode == "offline" and config.keep_percent is not None:
-            raise ConfigError(
-                "--keep-percent sets the online filter; offline, the keep percent is part of"
-                " --offline-method (e.g. tail@10 or tail@90)"
-            )
+        _refuse_online_flags(config.mode, variant=variant, tau=tau, warmup=warmup)
         if (said := card_note(from_card, source)) and not as_json:
             note(said)
         if family := _family_note(backend, text):

@@ -192,6 +192,23 @@ class DeepConfConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _online_choices_need_online(self) -> DeepConfConfig:
+        # Offline runs every trace and answers by --offline-method: a policy or keep percent
+        # given with it would change nothing, and a user who set one expects it to.
+        if self.mode == "offline" and self.policy is not None:
+            raise ValueError(
+                f"policy {self.policy!r} decides online (who votes, when to stop); offline"
+                " runs every trace and answers with --offline-method (majority, tail@10, ...):"
+                " drop --policy, or use --mode online"
+            )
+        if self.mode == "offline" and self.keep_percent is not None:
+            raise ValueError(
+                "--keep-percent sets the online filter; offline, the keep percent is part of"
+                " --offline-method (e.g. tail@10 or tail@90)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _warmup_within_budget(self) -> DeepConfConfig:
         if self.mode == "online" and self.warmup > self.budget:
             raise ValueError(
@@ -209,6 +226,9 @@ def settings_message(exc: ValueError) -> str:
         return str(exc)
     parts = []
     for err in errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "config"
-        parts.append(f"{where}: {err.get('msg')}")
+        # pydantic prefixes a validator's own message with "Value error, "; a check across
+        # fields (a model validator) has no location, and its message names the flags.
+        msg = str(err.get("msg")).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {msg}" if where else msg)
     return "invalid settings: " + "; ".join(parts)

@@ -49,7 +49,9 @@ def server():
 
 def _solve(server: ScriptedServer, *flags: str):
     args = ["solve", "--base-url", server.base_url, "--window", "8", "--budget", "48"]
-    result = CliRunner().invoke(app, [*args, "--warmup", "8", "--seed", "100", *flags, "q"])
+    if "offline" not in flags:
+        args += ["--warmup", "8"]  # offline refuses it
+    result = CliRunner().invoke(app, [*args, "--seed", "100", *flags, "q"])
     assert "Traceback" not in result.output
     return result
 
@@ -133,6 +135,30 @@ def test_keep_percent_runs_live_and_is_named(server) -> None:
 def test_a_keep_percent_that_cannot_apply_is_refused(server, flags: list[str], says: str) -> None:
     """Exit 1 before any trace runs, with a message saying what to change."""
     r = _solve(server, *flags)
+    assert r.exit_code == 1
+    assert says in _flat(r.output)
+    assert not any(s for s in server.streams)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (
+            ["--policy", "beta"],
+            "policy 'beta' decides online (who votes, when to stop); offline runs every trace"
+            " and answers with --offline-method (majority, tail@10, ...): drop --policy, or"
+            " use --mode online",
+        ),
+        (["--variant", "high"], "--variant applies to online runs only; offline runs every"),
+        (["--tau", "0.9", "--warmup", "2"], "--tau, --warmup apply to online runs only;"),
+    ],
+)
+def test_offline_refuses_the_online_choices_instead_of_ignoring_them(
+    server, flags: list[str], says: str
+) -> None:
+    """--mode offline with --policy, --variant, --tau or --warmup would run without them:
+    exit 1 before any trace runs, naming the flags and what to use instead."""
+    r = _solve(server, "--mode", "offline", *flags)
     assert r.exit_code == 1
     assert says in _flat(r.output)
     assert not any(s for s in server.streams)

@@ -125,6 +125,10 @@ class _OpenAIRequest(BaseModel):
         if "budget" in overrides and "warmup" not in overrides:
             data["warmup"] = min(data["warmup"], overrides["budget"])
         data.update(overrides)
+        if overrides.get("mode") == "offline":
+            # The server's policy and keep percent are its online defaults; a request that
+            # asks for offline gets offline, not a refusal of settings it never gave.
+            data["policy"] = data["keep_percent"] = None
         data["sampling"].update(self._sampling())
         try:
             return DeepConfConfig.model_validate(data)

@@ -43,7 +43,7 @@ def test_a_bad_weight_flag_is_a_config_error_that_says_what_to_write(suffix: str
     with pytest.raises(ConfigError) as info:
         backend_from_flags(["http://b:8000/v1", f"http://a:8000/v1#{suffix}"])
     assert str(info.value) == (
-        f"invalid settings: base_urls: Value error, bad weight '#{suffix}' in"
+        f"invalid settings: base_urls: bad weight '#{suffix}' in"
         f" 'http://a:8000/v1#{suffix}': write URL#N with N a positive number, e.g."
         " http://a:8000/v1#3 for three times the traces of a URL without one (weight 1)"
     )

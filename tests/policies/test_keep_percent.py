@@ -125,3 +125,18 @@ def test_the_serve_request_takes_keep_percent() -> None:
         chat(keep_percent=0).to_config(defaults)
     assert info.value.param == "deepconf.keep_percent"
     assert "must be above 0 and at most 100" in str(info.value)
+
+
+def test_an_offline_request_to_a_server_with_an_online_policy_runs_offline() -> None:
+    """The server's --policy and --keep-percent are its online defaults: a request asking
+    for offline gets offline without them (the config refuses a policy with offline), and
+    an online request still gets them."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
+    defaults = DeepConfConfig(policy="deepconf-low", keep_percent=30)
+    offline = wire.ChatCompletionRequest.model_validate({**body, "deepconf": {"mode": "offline"}})
+    config = offline.to_config(defaults)
+    assert (config.mode, config.policy, config.keep_percent) == ("offline", None, None)
+    online = wire.ChatCompletionRequest.model_validate(body).to_config(defaults)
+    assert (online.mode, online.policy, online.keep_percent) == ("online", "deepconf-low", 30.0)
+    with pytest.raises(ValidationError, match="policy 'beta' decides online"):
+        DeepConfConfig(mode="offline", policy="beta")
