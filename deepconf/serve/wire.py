@@ -293,6 +293,10 @@ def summary(
         "fallback": result.fallback,
         "mode": result.mode,
         "variant": result.variant,
+        # Which rule decided, as `deepconf solve --json` names it: online the policy in
+        # words, offline the method (the other is null).
+        "policy": dict(result.policy) if result.policy is not None else None,
+        "offline_method": result.offline_method,
         "tokens": result.tokens.to_dict(),
         "prompt_tokens_per_trace": prompt_tokens_per_trace,
         "wall_time": round(result.wall_time, 4),

@@ -337,6 +337,9 @@ def test_pruned_traces_count_in_usage_and_the_log_line() -> None:
     dc = r.model_extra["deepconf"]
     statuses = [t["status"] for t in dc["traces"]]
     assert statuses == ["completed", "completed", "pruned", "pruned"]
+    assert dc["policy"]["name"] == "deepconf-high"  # the request's variant decided
+    assert dc["policy"]["filter"] == "prune traces below the warm-up's top-90% cut"
+    assert dc["offline_method"] is None
     pruned_tokens = sum(t["tokens"] for t in dc["traces"][2:])
     assert 0 < pruned_tokens < 2 * 31  # cut short, yet counted
     assert r.usage.completion_tokens == sum(t["tokens"] for t in dc["traces"])

@@ -69,6 +69,7 @@ def test_plain_chat_returns_the_best_winning_trace_with_true_usage() -> None:
         )
     dc = r.model_extra["deepconf"]
     assert dc["answer"] == "7"
+    assert (dc["mode"], dc["offline_method"], dc["policy"]) == ("offline", "mean", None)
     assert r.choices[0].message.content == "Certainly it is \\boxed{7}."
     assert dc["chosen_trace"] == 1
     assert [t["answer"] for t in dc["traces"]] == ["7", "7", "9"]
