@@ -215,8 +215,19 @@ def _check_same_run(shards: list[ShardFolder]) -> None:
             )
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """`target` as a hard link to `source` (no second copy of what may be gigabytes of
+    traces), a copy where the file system has no links or they cross devices. A finished
+    trace file is never written again (a rerun problem's file is replaced, not appended
+    to), so the two names never diverge."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _copy_traces(folder: Path, line: dict[str, Any], traces: Path) -> None:
-    """Copy the trace files a results line names (one per run: offline, online-low, ...)."""
+    """Link the trace files a results line names (one per run: offline, online-low, ...)."""
     for run in line.get("runs", {}).values():
         name = run["trace_file"]
         source = folder / "traces" / name
@@ -225,4 +236,4 @@ def _copy_traces(folder: Path, line: dict[str, Any], traces: Path) -> None:
                 f"{source} is missing, yet {folder / 'results.jsonl'} has problem"
                 f" {line['problem_id']!r}: delete its line there and rerun the shard, then merge"
             )
-        shutil.copyfile(source, traces / name)
+        link_or_copy(source, traces / name)

@@ -58,7 +58,7 @@ import typer
 from deepconf.errors import ConfigError
 from deepconf.eval.datasets import EvalProblem
 from deepconf.eval.runner import check_manifest, read_manifest, read_results
-from deepconf.eval.shards import Shard, merge_shards
+from deepconf.eval.shards import Shard, link_or_copy, merge_shards
 
 WORKERS_DIR = ".workers"
 LOG_NAME = "worker.log"
@@ -192,10 +192,7 @@ def _link_traces(output: Path, line: dict[str, Any], folder: Path) -> None:
                 f" {line['problem_id']!r}: delete its line there and rerun to run it again"
             )
         target.unlink(missing_ok=True)  # a killed attempt's partial file
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
+        link_or_copy(source, target)
 
 
 # --- during: the processes --------------------------------------------------------------------

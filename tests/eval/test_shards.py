@@ -21,9 +21,10 @@ from deepconf.cli import app
 from deepconf.config import ConfidenceConfig, DeepConfConfig, SamplingConfig
 from deepconf.errors import ConfigError
 from deepconf.eval import commands
+from deepconf.eval import shards as shards_module
 from deepconf.eval.datasets import EvalProblem
 from deepconf.eval.runner import check_manifest, manifest_of, run_eval
-from deepconf.eval.shards import Shard, merge_shards, record_shard
+from deepconf.eval.shards import Shard, link_or_copy, merge_shards, record_shard
 
 METHODS = ["pass@1", "majority", "tail@10", "online-low"]
 SEED = 100
@@ -123,6 +124,26 @@ async def test_two_shards_merged_equal_one_run_on_the_same_seeds(tmp_path: Path)
         "traces",
     ]
     assert not (tmp_path / ".all.merging").exists()
+    # The merged trace files are the shards' files under a second name, not copies.
+    for name in whole:
+        shard = next(f for f in ("s1", "s2") if (tmp_path / f / "traces" / name).exists())
+        assert (tmp_path / "all" / "traces" / name).samefile(tmp_path / shard / "traces" / name)
+
+
+def test_a_trace_file_is_copied_where_it_cannot_be_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across devices (EXDEV) or on a file system without hard links the merge copies."""
+    source, target = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    source.write_text('{"trace": 1}\n')
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(shards_module.os, "link", no_link)
+    link_or_copy(source, target)
+    assert target.read_text() == source.read_text()
+    assert not target.samefile(source)
 
 
 async def test_missing_problems_are_named_and_eval_resumes_the_merged_folder(
