@@ -361,6 +361,7 @@ _BENCHMARKS = {
     "serve": "deepconf.eval.bench_serve",
     "hostile": "deepconf.eval.bench_hostile",
     "workers": "deepconf.eval.bench_workers",
+    "memory": "deepconf.eval.bench_memory",
 }
 
 
@@ -374,8 +375,9 @@ def bench(
         str | None,
         typer.Argument(
             help="stream (client hot path), engine (bundled), serve (load test of `deepconf"
-            " serve`), hostile (slowloris, model names, huge bodies) or workers (eval"
-            " --workers N against one worker).",
+            " serve`), hostile (slowloris, model names, huge bodies), workers (eval"
+            " --workers N against one worker) or memory (peak RSS of one big solve and of"
+            " 10,000 traces in flight).",
             show_default=False,
         ),
     ] = None,

@@ -40,12 +40,14 @@ SDK = "from deepconf.eval.bench_end_to_end import sdk_main; sdk_main()"
 
 
 class ReplayServer(_Process):
-    """`python -m deepconf.eval.replay_server` on a free loopback port, started and up."""
+    """`python -m deepconf.eval.replay_server` on a free loopback port, started and up;
+    `token_delay` > 0 paces every stream at one event per that many seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, token_delay: float = 0.0) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        super().__init__([REPLAY, "--port", str(self.port)], stdout=subprocess.DEVNULL)
+        flags = ["--port", str(self.port), "--token-delay", repr(token_delay)]
+        super().__init__([REPLAY, *flags], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -7,7 +7,9 @@ everything the client spends is the client's own. Each request gets `max_tokens`
 stream is built once per length and answer, then reused) ending in `\\boxed{A}`, with A chosen
 by the request's seed, and a finish reason and usage that match, so deepconf counts every
 trace. It runs in its own process (`python -m deepconf.eval.replay_server --port P`): on a
-2-core machine the client and the server then each have a core.
+2-core machine the client and the server then each have a core. `--token-delay S` paces every
+stream instead, one event per S seconds, as a busy GPU does: that holds many streams open at
+once (`deepconf bench memory` keeps 10,000 in flight) without the client falling behind.
 
     python -m deepconf.eval.replay_server --port 8500 &
     deepconf solve --base-url http://127.0.0.1:8500/v1 --mode offline --budget 128 ...
@@ -16,14 +18,18 @@ trace. It runs in its own process (`python -m deepconf.eval.replay_server --port
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from deepconf.eval.bench_stream import split_events, vllm_chat_stream
 
 MODEL = "replay-model"
 ANSWERS = ("42", "42", "42", "17")  # by seed % 4: a clear winner, and something to outvote
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
 @functools.lru_cache(maxsize=64)
@@ -32,7 +38,7 @@ def events(n_tokens: int, answer: str) -> list[bytes]:
     return split_events(vllm_chat_stream(n_tokens, 1, answer=f" \\boxed{{{answer}}}"))
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def app(scope: dict[str, Any], receive: Any, send: Any, token_delay: float = 0.0) -> None:
     if scope["type"] != "http":
         return
     body = b""
@@ -54,9 +60,20 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     seed = int(request.get("seed") or 0)
     head = [(b"content-type", b"text/event-stream")]
     await send({"type": "http.response.start", "status": 200, "headers": head})
-    for event in events(n_tokens, ANSWERS[seed % len(ANSWERS)]):
+    for i, event in enumerate(events(n_tokens, ANSWERS[seed % len(ANSWERS)])):
+        if i and token_delay:
+            await asyncio.sleep(token_delay)
         await send({"type": "http.response.body", "body": event, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def paced(token_delay: float) -> ASGIApp:
+    """`app` sleeping `token_delay` seconds between two events of a stream."""
+
+    async def paced_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await app(scope, receive, send, token_delay)
+
+    return paced_app
 
 
 async def _respond(send: Any, status: int, ctype: bytes, data: bytes) -> None:
@@ -69,11 +86,17 @@ async def _respond(send: Any, status: int, ctype: bytes, data: bytes) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument(
+        "--token-delay",
+        type=float,
+        default=0.0,
+        help="seconds between two events of a stream (default 0: as fast as the socket takes)",
+    )
     args = ap.parse_args(argv)
     import uvicorn
 
     uvicorn.run(
-        app,
+        paced(args.token_delay) if args.token_delay > 0 else app,
         host="127.0.0.1",
         port=args.port,
         log_level="warning",
