@@ -142,6 +142,12 @@ class _Pool:
         return False
 
 
+def running_abandoned() -> int:
+    """How many calls given up on are still running (new calls fail at MAX_ABANDONED)."""
+    with _POOL._lock:
+        return len(_POOL._abandoned)
+
+
 def _nothing() -> None:
     pass
 
