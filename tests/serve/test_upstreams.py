@@ -30,6 +30,8 @@ class FakeBackend:
     def __init__(self, model: str, transport: httpx.AsyncBaseTransport, unknown: set[str]):
         self.model, self.transport, self.unknown = model, transport, unknown
         self.opened = self.closed = False
+        self.closing: asyncio.Event | None = None  # set: aclose() waits for it
+        self.close_began = asyncio.Event()
 
     async def open(self) -> None:
         await asyncio.sleep(0)  # a real open awaits its probe: let concurrent acquires meet
@@ -38,6 +40,9 @@ class FakeBackend:
         self.opened = True
 
     async def aclose(self) -> None:
+        self.close_began.set()
+        if self.closing is not None:
+            await self.closing.wait()
         self.closed = True
 
     async def stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
@@ -45,14 +50,16 @@ class FakeBackend:
         yield  # pragma: no cover
 
 
-def fake_pool(max_idle: int, unknown: set[str] = frozenset()) -> tuple[Upstreams, list]:
+def fake_pool(
+    max_idle: int, unknown: set[str] = frozenset(), max_connections: int = 1024
+) -> tuple[Upstreams, list]:
     made: list[FakeBackend] = []
 
     def factory(model: str, api: str, transport: httpx.AsyncBaseTransport) -> FakeBackend:
         made.append(FakeBackend(model, transport, set(unknown)))
         return made[-1]
 
-    return Upstreams(factory, max_idle=max_idle), made
+    return Upstreams(factory, max_idle=max_idle, max_connections=max_connections), made
 
 
 async def test_every_backend_shares_the_one_transport() -> None:
@@ -96,6 +103,40 @@ async def test_a_backend_in_use_is_never_closed() -> None:
     await pool.aclose()
 
 
+async def test_a_backend_two_solves_share_stays_open_until_both_release_it() -> None:
+    """Users are counted, not flagged: with two solves on one name and one done, the backend
+    is still in use and survives the trim a new name triggers; once both are done it goes."""
+    pool, _ = fake_pool(max_idle=0)
+    shared = await pool.acquire("shared", "chat")
+    await pool.acquire("shared", "chat")
+    pool.release("shared", "chat")
+    await pool.acquire("n1", "chat")
+    assert not shared.closed
+    pool.release("shared", "chat")
+    await pool.acquire("n2", "chat")
+    assert shared.closed
+    await pool.aclose()
+
+
+async def test_a_backend_taken_during_a_trim_is_skipped_and_the_trim_goes_on() -> None:
+    """Idle a, b, c and max_idle=0: a new name trims all three. While a's close is awaited,
+    a request takes b. The trim then skips b (in use again) and still closes c."""
+    pool, made = fake_pool(max_idle=0)
+    for name in ("a", "b", "c"):
+        await pool.acquire(name, "chat")
+    for name in ("a", "b", "c"):
+        pool.release(name, "chat")
+    a, b, c = made
+    a.closing = asyncio.Event()
+    trim = asyncio.create_task(pool.acquire("d", "chat"))
+    await a.close_began.wait()
+    assert await pool.acquire("b", "chat") is b  # taken while a closes
+    a.closing.set()
+    await trim
+    assert (a.closed, b.closed, c.closed) == (True, False, True)
+    await pool.aclose()
+
+
 async def test_a_failed_open_leaves_nothing_and_concurrent_requests_open_once() -> None:
     """A name the upstream does not serve: the error (with its 404) reaches every request,
     nothing stays open. A served name asked by ten requests at once is opened once."""
@@ -110,6 +151,57 @@ async def test_a_failed_open_leaves_nothing_and_concurrent_requests_open_once() 
 
 
 # --- loopback -----------------------------------------------------------------------------------
+
+
+class HeldServer:
+    """A loopback HTTP/1.1 server that answers each request only when given a permit, on
+    keep-alive connections: it counts connections accepted and requests received."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests = 0
+        self.arrived = asyncio.Condition()
+        self.permits: asyncio.Queue[None] = asyncio.Queue()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                async with self.arrived:
+                    self.requests += 1
+                    self.arrived.notify_all()
+                await self.permits.get()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_the_shared_pool_opens_at_most_max_connections_to_the_upstream() -> None:
+    """max_connections=2 and three requests at once: two connections open, the third
+    request waits for one to come free and reuses it (none fails, none opens a third)."""
+    pool, _ = fake_pool(max_idle=1, max_connections=2)
+    held = HeldServer()
+    async with held as url, httpx.AsyncClient(transport=pool.transport) as client:
+        calls = [asyncio.create_task(client.get(url)) for _ in range(3)]
+        async with held.arrived:
+            await held.arrived.wait_for(lambda: held.requests >= 2)
+        for _ in range(3):
+            held.permits.put_nowait(None)
+        answers = await asyncio.gather(*calls)
+    assert [r.text for r in answers] == ["ok"] * 3
+    assert (held.connections, held.requests) == (2, 3)
+    await pool.aclose()
 
 
 def _rss_mb() -> float:
