@@ -300,12 +300,16 @@ class AnswerKeys:
     runs with its signal-based timeouts off, answers it could hang on in C code are never
     parsed, and the rest runs under deadline.run_within: ANSWER_SECONDS per new answer and
     `symbolic_budget` seconds in all. An answer out of time opens its own class and compares
-    as a normalised string from then on (`symbolic_timeouts` counts them).
+    as a normalised string from then on (`symbolic_timeouts` counts them). `unjudged`
+    counts every answer math-verify would have judged but did not (out of time, the budget
+    spent, or refused while earlier comparisons past their time still run): the solve
+    reports it, since equal values written differently may then count apart.
     """
 
     def __init__(self, symbolic_budget: float = SYMBOLIC_BUDGET_SECONDS) -> None:
         self._symbolic_left = symbolic_budget
         self.symbolic_timeouts = 0
+        self.unjudged = 0
         self._lock = threading.Lock()
         self._classes: list[_Class] = []
         self._by_raw: dict[str, str] = {}
@@ -335,8 +339,11 @@ class AnswerKeys:
             self._by_norm[norm] = raw
             return raw
         parsed = None
-        if self._symbolic_left > 0 and not (is_text or too_costly(norm)):
-            parsed, key = self._symbolic(norm)
+        if not (is_text or too_costly(norm)):
+            if self._symbolic_left > 0:
+                parsed, key = self._symbolic(norm)
+            else:
+                self.unjudged += 1
         if key is None:
             key = raw
             self._classes.append(_Class(key, parsed))
@@ -352,6 +359,7 @@ class AnswerKeys:
             found, spent = run_within(limit, self._first_equal, norm)
         except TimeoutError:
             self.symbolic_timeouts += 1
+            self.unjudged += 1
             self._symbolic_left -= limit
             return None, None
         self._symbolic_left -= spent

@@ -446,6 +446,7 @@ class SolveRun:
             variant=self.config.variant,
             budget=self.config.budget,
             tokens_majority_estimate=estimate,
+            unjudged_answers=self.keys.unjudged,
         )
 
     def tally(self, _record: TraceRecord | None = None) -> None:

@@ -80,6 +80,9 @@ class SolveResult:
         offline_method: offline: the voting method that chose `answer` (e.g. tail@10).
         policy: online: the policy that decided, in words (deepconf.policies.describe:
             name, warmup, vote, filter, stop); offline: None.
+        unjudged_answers: answers compared as plain strings though math-verify would have
+            judged them (it ran out of time): equal values written differently (0.5, 1/2)
+            may have counted apart. 0 in a normal solve.
     """
 
     answer: str | None
@@ -100,6 +103,7 @@ class SolveResult:
     majority_votes: list[VoteRow] = field(default_factory=list)
     offline_method: str | None = None
     policy: dict[str, str] | None = None
+    unjudged_answers: int = 0
 
     def count(self, status: TraceStatus) -> int:
         return sum(1 for t in self.traces if t.status == status)
@@ -108,6 +112,18 @@ class SolveResult:
     def method(self) -> str:
         """The vote that chose `answer`: "deepconf" online, the offline method offline."""
         return self.offline_method or "deepconf"
+
+    @property
+    def unjudged_note(self) -> str | None:
+        """A sentence when answers were compared as plain strings (see unjudged_answers)."""
+        n = self.unjudged_answers
+        if not n:
+            return None
+        return (
+            f"{n} answer{'s were' if n > 1 else ' was'} compared as plain text: math-verify ran"
+            " out of time (a slow comparison, or its budget for this vote), so equal values"
+            " written differently (0.5 and 1/2) may have counted apart"
+        )
 
     @property
     def majority(self) -> str | None:
@@ -159,6 +175,7 @@ class SolveResult:
             "majority": self.majority_dict(),
             "offline_method": self.offline_method,
             "policy": dict(self.policy) if self.policy is not None else None,
+            "unjudged_answers": self.unjudged_answers,
             "mode": self.mode,
             "variant": self.variant,
             "budget": self.budget,

@@ -114,6 +114,8 @@ def print_summary(console: Console, result: SolveResult) -> None:
     console.print(vote_table(result))
     if result.fallback:
         console.print(f"[yellow]note:[/] {escape(result.fallback)}")
+    if result.unjudged_note:
+        console.print(f"[yellow]note:[/] {escape(result.unjudged_note)}")
     console.print(majority_line(result))
     console.print(tokens_line(result))
     if (policy := policy_line(result)) is not None:

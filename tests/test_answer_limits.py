@@ -10,6 +10,7 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.deadline_pool import saturated_deadline_pool
 
 from deepconf.answers import AnswerKeys, extract_answer
 from deepconf.config import AnswerConfig
@@ -130,3 +131,19 @@ def test_past_the_budget_answers_compare_as_strings() -> None:
     assert spent.key("1/2") == spent.key(" 1/2 ")  # normal forms still group
     fresh = AnswerKeys()
     assert fresh.key("1/2") == fresh.key("0.5")
+
+
+def test_answers_math_verify_did_not_judge_are_counted() -> None:
+    """Out of budget, or refused while earlier comparisons past their time still run: each
+    answer math-verify would have judged is counted (the solve reports the count); words,
+    plain integers among plain integers and answers too costly to parse never are."""
+    spent = AnswerKeys(symbolic_budget=0.0)
+    for raw in ("7", "8", "1/2", "0.5", "0.5", "yes", "2^{2^{100}}"):
+        spent.key(raw)
+    assert spent.unjudged == 2  # 1/2 and 0.5, each once
+    with saturated_deadline_pool():
+        busy = AnswerKeys()
+        assert busy.key("1/2") != busy.key("0.5")
+    assert (busy.unjudged, busy.symbolic_timeouts) == (2, 2)
+    fresh = AnswerKeys()
+    assert fresh.key("1/2") == fresh.key("0.5") and fresh.unjudged == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.deadline_pool import saturated_deadline_pool
 from support.scripted_server import (
     CONFIDENT,
     UNCONFIDENT,
@@ -92,6 +93,25 @@ def test_solve_offline_reports_majority_and_deepconf(server):
     record = json.loads(r.stdout)
     assert record["methods"]["majority"] == "3"
     assert record["answer"] == record["methods"]["tail@10"] == "7"
+
+
+def test_answers_math_verify_could_not_judge_are_reported(tmp_path):
+    """Traces answer 0.5 and 1/2 (one value). While math-verify cannot run (earlier
+    comparisons past their time still running), they count apart, and the solve says so:
+    the summary's note and --json's unjudged_answers, never a silently split vote."""
+    by_seed = {100 + i: Script.from_text(f"\\boxed{{{a}}}") for i, a in enumerate(["0.5", "1/2"])}
+    args = ["solve", "--mode", "offline", "--budget", "2", "--seed", "100", "q"]
+    with ScriptedServer(by_seed=by_seed) as srv, saturated_deadline_pool():
+        shown = _run(*args[:-1], "--base-url", srv.base_url, "q")
+        record = json.loads(_run(*args[:-1], "--base-url", srv.base_url, "--json", "q").stdout)
+    flat = " ".join(shown.output.split())
+    assert "note: 2 answers were compared as plain text: math-verify ran out of time" in flat
+    assert record["unjudged_answers"] == 2
+    assert sorted(v["answer"] for v in record["votes"]) == ["0.5", "1/2"]
+    with ScriptedServer(by_seed=by_seed) as srv:
+        record = json.loads(_run(*args[:-1], "--base-url", srv.base_url, "--json", "q").stdout)
+    assert record["unjudged_answers"] == 0
+    assert [(v["answer"], v["count"]) for v in record["votes"]] == [("0.5", 2)]
 
 
 def test_solve_reads_stdin_and_file(server, tmp_path):

@@ -297,6 +297,7 @@ def summary(
         # words, offline the method (the other is null).
         "policy": dict(result.policy) if result.policy is not None else None,
         "offline_method": result.offline_method,
+        "unjudged_answers": result.unjudged_answers,
         "tokens": result.tokens.to_dict(),
         "prompt_tokens_per_trace": prompt_tokens_per_trace,
         "wall_time": round(result.wall_time, 4),
