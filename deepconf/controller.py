@@ -42,6 +42,7 @@ from deepconf.errors import (
 from deepconf.model_settings import model_card, with_model_defaults
 from deepconf.result import Progress, SolveResult, TokenTotals
 from deepconf.trace import FORMULA, TraceRecord, TraceStatus, TraceWriter
+from deepconf.trace_buffers import ConfBuffer, TextBuffer
 from deepconf.voting import AnswerKeys, VoteTable, extract_answer, vote
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,9 @@ class _TraceState:
     threshold: float | None  # prune below this (None: never prune)
     window: GroupWindow | None  # group confidence, only kept when pruning
     started: float
-    confs: list[np.ndarray] = field(default_factory=list)  # per batch, (n,) each
-    text: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
+    confs: ConfBuffer = field(default_factory=ConfBuffer)  # (tokens,) so far
+    text: TextBuffer = field(default_factory=TextBuffer)
+    reasoning: TextBuffer = field(default_factory=TextBuffer)
     tokens: int = 0
     status: TraceStatus | None = None
     finish_reason: str | None = None
@@ -326,13 +327,13 @@ class SolveRun:
             st.server_tokens = batch.usage["completion_tokens"]
         if n:
             confs = token_confidence(batch.top_logprobs)  # (n,)
-            st.confs.append(confs)
+            st.confs.extend(confs)
             st.tokens += n
             self.tokens += n
             if st.window is not None and st.threshold is not None:
                 low = st.window.push_many(confs)  # None until the window is full
                 if low is not None and low < st.threshold:
-                    st.pruned_at = self._prune_position(st, st.threshold)
+                    st.pruned_at = self._prune_position(st, n, st.threshold)
                     st.status = TraceStatus.PRUNED
                     return True
         budget = self.config.token_budget
@@ -344,12 +345,11 @@ class SolveRun:
         self._progress(throttled=True)
         return False
 
-    def _prune_position(self, st: _TraceState, threshold: float) -> int:
+    def _prune_position(self, st: _TraceState, n: int, threshold: float) -> int:
         """1-based token position whose full-window group first fell below threshold,
-        found among the last batch's positions (only the prune path pays for this)."""
+        found among the last batch's n positions (only the prune path pays for this)."""
         w = st.window.window if st.window is not None else 1
-        n = st.confs[-1].shape[0]
-        tail = np.concatenate(st.confs)[-(w + n - 1) :]  # every window ending in this batch
+        tail = st.confs.view()[-(w + n - 1) :]  # every window ending in this batch
         groups = group_confidences(tail, w)  # (len(tail) - w + 1,), ends at tail[w-1:]
         below = np.flatnonzero(groups < threshold)
         # The running sum and the cumsum differ by ~1e-12; if they disagree at the
@@ -361,8 +361,8 @@ class SolveRun:
         """Turn a trace's state into its record: store, write, queue, report. Synchronous,
         so it also runs while the task is being cancelled."""
         cfg = self.config
-        confs = np.concatenate(st.confs) if st.confs else np.zeros(0)
-        text, reasoning = "".join(st.text), "".join(st.reasoning)
+        confs = st.confs.array()
+        text, reasoning = st.text.value(), st.reasoning.value()
         metrics = None
         if confs.size:
             c = cfg.confidence
