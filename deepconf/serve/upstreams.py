@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import httpx
 
 from deepconf.backend import Backend
+from deepconf.backends.h1_transport import default_transport
 
 # (model, api, transport) -> a new, unopened backend that sends through `transport`;
 # api is "chat" or "completions".
@@ -39,14 +40,18 @@ DEFAULT_MAX_IDLE = 16  # idle backends kept for reuse (each is a few KB over the
 
 
 class SharedTransport(httpx.AsyncBaseTransport):
-    """One httpx connection pool lent to many clients: their aclose() leaves it open;
-    `shutdown()` closes it. Keep-alive connections are reused across model names."""
+    """One connection pool lent to many clients: their aclose() leaves it open;
+    `shutdown()` closes it. Keep-alive connections are reused across model names. The pool
+    is the HTTP backend's own (backends/h1_transport.py: the lean HTTP/1.1 transport for
+    plain http, httpx's for https), so serve's upstream streams cost what solve's do."""
 
     def __init__(self, max_connections: int) -> None:
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
-        self._pool = httpx.AsyncHTTPTransport(limits=limits)
+        # None: proxies in the environment, which httpx applies only to a client without
+        # a transport of its own; serve's pool keeps httpx's plain transport there.
+        self._pool = default_transport(limits) or httpx.AsyncHTTPTransport(limits=limits)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return await self._pool.handle_async_request(request)
