@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 
 # k open() probes for when the config names none: the paper's k.
 DEFAULT_PROBE_K = 20
+# /models answers meaning the server has no such route (a proxy, a minimal server): the
+# model name must then be given. Any other refusal (a bad key, a 5xx) is reported as is.
+NO_MODELS_ROUTE = frozenset({404, 405, 501})
 
 
 class HttpBackendConfig(StrictModel):
@@ -247,17 +250,20 @@ class OpenAIHttpBackend:
     async def _discover_model(self) -> str:
         assert self._client is not None
         errors = []
-        unreachable: list[BackendError] = []
+        refused: list[BackendError] = []  # no answer, or one a model name would not change
         for url in self.config.base_urls:
             try:
                 with HttpErrors(url):
                     response = await self._client.get(url + "/models")
             except BackendError as exc:
                 errors.append(str(exc))
-                unreachable.append(exc)
+                refused.append(exc)
                 continue
             if response.status_code != 200:
-                errors.append(str(status_error(response, url)))
+                error = status_error(response, url)
+                errors.append(str(error))
+                if response.status_code not in NO_MODELS_ROUTE:
+                    refused.append(error)  # a bad key (401), a broken server (5xx), ...
                 continue
             try:
                 model = response.json()["data"][0]["id"]
@@ -266,11 +272,13 @@ class OpenAIHttpBackend:
             if isinstance(model, str) and model:
                 return model
             errors.append(f"{url}/models lists no model: {response.text[:200]!r}")
-        if len(unreachable) == len(errors):
-            # No server answered at all: a model name would not help, the server would.
-            if len(unreachable) == 1:
-                raise unreachable[0]
-            raise ConnectError("no base URL answered: " + "; ".join(errors))
+        if len(refused) == len(errors):
+            # Every server was unreachable or refused: naming the model would not help.
+            if len(refused) == 1:
+                raise refused[0]
+            if all(isinstance(e, ConnectError) for e in refused):
+                raise ConnectError("no base URL answered: " + "; ".join(errors))
+            raise ConfigError("no base URL gave a model: " + "; ".join(errors))
         raise ConfigError(
             "could not discover the model name (" + "; ".join(errors) + "): pass --model"
             " (model= in HttpBackendConfig)"

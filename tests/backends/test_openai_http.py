@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import logging
 import re
 import socket
+import threading
 import time
 
 import httpx
@@ -576,6 +578,70 @@ async def test_model_discovery_tries_each_base_url_and_reports_each_failure():
         + repr('{"object": "list", "data": [{"id": ""}]}')
         + "): pass --model (model= in HttpBackendConfig)"
     )
+
+
+class _ModelsRefused(http.server.BaseHTTPRequestHandler):
+    """/v1/models answers 401 with an OpenAI-shaped error, as a server with a key set does."""
+
+    status = 401
+
+    def do_GET(self) -> None:
+        body = json.dumps({"error": {"message": "Invalid API key", "type": "auth"}}).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_model_discovery_reports_a_refused_models_request_as_the_refusal():
+    """/models answered 401: a model name would not help (the traces would get 401 too), so
+    the error is the refusal itself, saying to check the key, with no word of --model.
+    Beside a server without a model it is quoted among the failures."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelsRefused)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        with pytest.raises(RequestRejectedError) as alone:
+            await OpenAIHttpBackend(HttpBackendConfig(base_urls=[url], probe=False)).open()
+        with ScriptedServer(model="") as nameless, pytest.raises(ConfigError) as mixed:
+            cfg = HttpBackendConfig(base_urls=[url, nameless.base_url], probe=False)
+            await OpenAIHttpBackend(cfg).open()
+    finally:
+        server.shutdown()
+        server.server_close()
+    refusal = (
+        f"{url} rejected the request (HTTP 401): Invalid API key; check --api-key or"
+        " $OPENAI_API_KEY"
+    )
+    assert str(alone.value) == refusal and alone.value.status == 401
+    said = str(mixed.value)
+    assert said.startswith(f"could not discover the model name ({refusal}; {nameless.base_url}")
+    assert said.endswith("): pass --model (model= in HttpBackendConfig)")
+
+
+class _NoModelsRoute(_ModelsRefused):
+    status = 404
+
+
+async def test_a_server_without_a_models_route_is_told_to_pass_model():
+    """/models answered 404 (a proxy or a minimal server without the route): naming the
+    model is the fix, and the error says so."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoModelsRoute)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        with pytest.raises(ConfigError) as info:
+            await OpenAIHttpBackend(HttpBackendConfig(base_urls=[url], probe=False)).open()
+    finally:
+        server.shutdown()
+        server.server_close()
+    said = str(info.value)
+    assert said.startswith(f"could not discover the model name ({url}")
+    assert "HTTP 404" in said and said.endswith("): pass --model (model= in HttpBackendConfig)")
 
 
 async def test_model_discovery_with_no_server_up_is_about_the_server():

@@ -351,6 +351,20 @@ async def test_no_probe_still_refuses_a_short_k_on_the_first_trace(scripted_serv
     assert all(s.seed is not None for s in scripted_server.streams)  # no probe request
 
 
+async def test_a_trace_begun_while_k_is_unconfirmed_is_audited_too(scripted_server):
+    """--no-probe: trace 0 has sent its first tokens, none with k entries yet, when trace 1
+    begins. k is not confirmed by a stream merely starting, so trace 1 is audited as well
+    and refused by itself, not let through on trace 0's unfinished word."""
+    scripted_server.default = Script.from_text(TEXT * 3, max_logprobs=5)
+    backend = backend_for(scripted_server, probe=False)
+    first = TraceRequest(0, "What is 3+4?", SamplingConfig(), top_logprobs=20, seed=0)
+    async with contextlib.aclosing(backend.stream(first)) as stream:
+        assert (await anext(stream)).n_tokens > 0
+        with pytest.raises(CapabilityError, match="returned at most 5 top logprobs per token"):
+            await collect(backend, index=1)
+    await backend.aclose()
+
+
 async def test_probe_text_without_logprobs_says_what_it_saw(scripted_server):
     scripted_server.default = Script.from_text(TEXT, logprobs=False)
     with pytest.raises(CapabilityError, match="characters of text but no logprobs"):
