@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import json
 import logging
+import math
 import re
 import socket
 import threading
@@ -15,7 +16,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from support.scripted_server import CONFIDENT, Script, ScriptedServer, scripted_server
+from support.scripted_server import CONFIDENT, Script, ScriptedServer, ScriptToken, scripted_server
 
 from deepconf.backend import TokenBatch, TraceRequest
 from deepconf.backends.openai_http import PROBE_TOKENS, HttpBackendConfig, OpenAIHttpBackend
@@ -226,18 +227,35 @@ async def test_connect_error_when_nothing_listens():
     await backend.aclose()
 
 
+async def test_a_nan_logprob_is_named_by_its_token_in_the_whole_stream(scripted_server):
+    """Tokens arrive over several reads (20 ms apart); the NaN at token 6 is named as token
+    6 of the stream, not by its place in the read that carried it."""
+    top = [-0.1, *(-5.0 - j for j in range(19))]
+    tokens = [ScriptToken(f" t{i}", list(top)) for i in range(8)]
+    tokens[5] = ScriptToken(" t5", [math.nan, *top[1:]])
+    scripted_server.by_seed[1] = Script(tokens, delay=0.02)
+    backend = backend_for(scripted_server, model="m", probe=False)
+    with pytest.raises(StreamError, match="the server sent NaN as a logprob at token 6:"):
+        await collect(backend, request(seed=1))
+    await backend.aclose()
+
+
 async def test_mid_stream_drop_is_stream_error(scripted_server):
     """A connection cut after tokens arrived is a StreamError (not retried: tokens were
     already consumed); the batches before it were delivered."""
     scripted_server.by_seed[1] = Script.from_text(TEXT + " " + TEXT, drop_after=4)
     backend = backend_for(scripted_server, model="m")
     got = []
-    with pytest.raises(StreamError, match="broke mid-trace"):
+    with pytest.raises(StreamError) as info:
         async with contextlib.aclosing(backend.stream(request(seed=1))) as stream:
             async for batch in stream:
                 got.append(batch)
     await backend.aclose()
     assert sum(b.n_tokens for b in got) == 4
+    url = scripted_server.base_url
+    assert str(info.value).startswith(
+        f"the stream from {url} broke mid-trace: the connection to {url} broke: "
+    )
     assert len(traces(scripted_server)) == 1
 
 
