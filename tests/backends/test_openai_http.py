@@ -810,6 +810,32 @@ async def test_an_unterminated_last_event_is_still_read_when_the_body_ends():
     assert [b.finish_reason for b in batches] == [None, "stop"]
 
 
+async def _mock_stream(body: bytes) -> list[TokenBatch]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    cfg = HttpBackendConfig(base_urls=["http://mock/v1"], model="m", probe=False)
+    backend = OpenAIHttpBackend(cfg, transport=httpx.MockTransport(handler))
+    try:
+        return await collect(backend, TraceRequest(0, "q", SamplingConfig(), top_logprobs=4))
+    finally:
+        await backend.aclose()
+
+
+async def test_an_unterminated_last_event_is_judged_like_any_other():
+    """The event read at the end of the body counts as fully as the others: a NaN in it is
+    named by its token in the whole stream (3), and a [DONE] there ends the stream, so a
+    stream without a finish reason is refused for exactly that."""
+    nan = chat_token(" c")
+    nan["choices"][0]["logprobs"]["content"][0]["top_logprobs"][0]["logprob"] = math.nan
+    with_nan = sse_body(chat_token("a"), chat_token(" b")) + b"data: " + json.dumps(nan).encode()
+    with pytest.raises(StreamError, match="the server sent NaN as a logprob at token 3:"):
+        await _mock_stream(with_nan)
+    done_last = sse_body(chat_token("a"), chat_token(" b")) + b"data: [DONE]"
+    with pytest.raises(StreamError, match=r"ended with \[DONE\] but no finish reason after 2"):
+        await _mock_stream(done_last)
+
+
 async def test_a_stream_that_confirms_k_spares_later_traces_the_check(scripted_server):
     """Unprobed (--no-probe), the first trace's fullest position confirms k; from then on
     the backend knows k is served, as if a probe had said so."""
