@@ -68,6 +68,8 @@ from deepconf.eval.report import (
     rich_table,
     summarise,
     summarise_disagreements,
+    unjudged_markdown,
+    unjudged_of,
     unparsed_markdown,
     unparsed_scores,
 )
@@ -79,6 +81,7 @@ def write_report(
     title: str,
     out: Console,
     disagreements: list[Disagreement] | None = None,
+    unjudged: list[tuple[str, str, int]] | None = None,
 ) -> list[MethodSummary]:
     """Print the table, DeepConf against majority and the unparsed answers; save report.md
     and summary.json."""
@@ -91,6 +94,11 @@ def write_report(
         out.print(f"[yellow]{len(unparsed)} grade(s) fell back to string comparison:[/]")
         for s in unparsed[:20]:
             out.print(f"  {s.problem_id} [{s.method}]: {s.answer!r}", highlight=False)
+    if unjudged:
+        out.print(
+            f"[yellow]{len(unjudged)} vote(s) compared answers as plain text (math-verify ran"
+            " out of time): see report.md[/]"
+        )
     from deepconf.eval.runner import write_atomic
 
     output.mkdir(parents=True, exist_ok=True)
@@ -99,7 +107,8 @@ def write_report(
         f"# {title}\n\n"
         + markdown_table(rows)
         + disagreement_markdown(disagreements or [])
-        + unparsed_markdown(scores),
+        + unparsed_markdown(scores)
+        + unjudged_markdown(unjudged or []),
     )
     write_atomic(output / "summary.json", json.dumps([r.to_dict() for r in rows], indent=2))
     return rows
@@ -421,7 +430,14 @@ def eval_command(
                 _eval_main(backend, problems, config, chosen, output, max_traces, parallel, err)
             )
         title = f"{dataset}: {len(results)} problems, budget {config.budget}"
-        write_report(output, scores_of(results), title, console(), disagreements_of(results))
+        write_report(
+            output,
+            scores_of(results),
+            title,
+            console(),
+            disagreements_of(results),
+            unjudged_of(results),
+        )
     except DeepConfError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:

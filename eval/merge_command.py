@@ -39,6 +39,7 @@ def eval_merge_command(
     Checked first: the same settings, no problem twice. Problems without a result are named.
     """
     from deepconf.eval.commands import disagreements_of, write_report
+    from deepconf.eval.report import unjudged_of
     from deepconf.eval.runner import scores_of
     from deepconf.eval.shards import merge_shards
 
@@ -63,7 +64,8 @@ def eval_merge_command(
     results = merged.results
     title = f"{merged.manifest['dataset']}: {len(results)} problems, budget"
     title += f" {merged.manifest['config']['budget']}"
-    write_report(output, scores_of(results), title, console(), disagreements_of(results))
+    unjudged = unjudged_of(results)
+    write_report(output, scores_of(results), title, console(), disagreements_of(results), unjudged)
     console(stderr=True).print(
         f"merged {len(results)} problems from {len(shards)} shard folder(s) into {output}",
         highlight=False,

@@ -159,6 +159,29 @@ def unparsed_markdown(scores: Iterable[Score]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unjudged_of(results: Iterable[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """(problem, run, answers) for each run whose vote compared answers as plain text because
+    math-verify ran out of time (a run summary's `unjudged_answers`): equal values written
+    differently may have counted apart there, so the report names them."""
+    return [
+        (str(line["problem_id"]), run, int(summary.get("unjudged_answers") or 0))
+        for line in results
+        for run, summary in (line.get("runs") or {}).items()
+        if summary.get("unjudged_answers")
+    ]
+
+
+def unjudged_markdown(unjudged: Sequence[tuple[str, str, int]]) -> str:
+    if not unjudged:
+        return ""
+    lines = [
+        f"\n{len(unjudged)} vote(s) compared answers as plain text (math-verify ran out of"
+        " time), so equal values written differently may have counted apart:\n"
+    ]
+    lines += [f"- {pid} [{run}]: {n} answer(s)" for pid, run, n in unjudged]
+    return "\n".join(lines) + "\n"
+
+
 # --- DeepConf against plain majority over the same traces --------------------------------------
 
 

@@ -6,11 +6,14 @@ import io
 
 from rich.console import Console
 
+from deepconf.eval.commands import write_report
 from deepconf.eval.report import (
     Score,
     markdown_table,
     rich_table,
     summarise,
+    unjudged_markdown,
+    unjudged_of,
     unparsed_markdown,
 )
 
@@ -57,3 +60,22 @@ def test_tables_render_every_method_and_list_unparsed() -> None:
     listing = unparsed_markdown(SCORES)
     assert "p2 [deepconf-low]: 'x^2+' -> right" in listing
     assert "All answers were parsed" in unparsed_markdown(SCORES[:2])
+
+
+def test_votes_that_compared_answers_as_plain_text_are_named_in_the_report(tmp_path) -> None:
+    """A run whose vote had answers math-verify did not judge (its summary's
+    unjudged_answers) is listed in report.md by problem and run; runs without are not, and
+    a report with none says nothing of it."""
+    results = [
+        {"problem_id": "p0", "runs": {"offline": {"unjudged_answers": 2}, "online-low": {}}},
+        {"problem_id": "p1", "runs": {"offline": {"unjudged_answers": 0}}},
+    ]
+    assert unjudged_of(results) == [("p0", "offline", 2)]
+    assert unjudged_markdown([]) == ""
+    write_report(tmp_path, [], "t", Console(file=io.StringIO()), [], unjudged_of(results))
+    report = (tmp_path / "report.md").read_text()
+    assert (
+        "1 vote(s) compared answers as plain text (math-verify ran out of time), so equal"
+        " values written differently may have counted apart:\n\n- p0 [offline]: 2 answer(s)"
+    ) in report
+    assert "p1" not in report
