@@ -118,7 +118,9 @@ async def sdk_client(base_url: str, traces: int, tokens: int, concurrency: int) 
     """The same requests through AsyncOpenAI; returns the tokens it scored."""
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+    # A flat 600 s, connect included: the SDK's 5 s connect timeout fired on loaded cores
+    # (its loop busy with the other streams), and timeouts cost no CPU either way.
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=600.0)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> list[float]:
