@@ -12,6 +12,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import numpy as np
@@ -834,6 +835,35 @@ async def test_an_unterminated_last_event_is_judged_like_any_other():
     done_last = sse_body(chat_token("a"), chat_token(" b")) + b"data: [DONE]"
     with pytest.raises(StreamError, match=r"ended with \[DONE\] but no finish reason after 2"):
         await _mock_stream(done_last)
+
+
+async def test_every_read_that_carries_something_reaches_the_controller():
+    """Reads arrive one by one: a token with empty text (a special token), a chunk with only
+    the finish reason (as vLLM ends a stream), one with only usage. Each is a batch the
+    controller gets: the token counts, "length" marks the trace truncated, usage is read."""
+    silent = chat_token("")  # logprobs, but no text
+    finish = {"choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}]}
+    usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    pieces = [sse_body(c) for c in (chat_token("a"), silent, finish, usage)] + [b"data: [DONE]\n\n"]
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    cfg = HttpBackendConfig(base_urls=["http://mock/v1"], model="m", probe=False)
+    backend = OpenAIHttpBackend(cfg, transport=httpx.MockTransport(handler))
+    batches = await collect(backend, TraceRequest(0, "q", SamplingConfig(), top_logprobs=4))
+    await backend.aclose()
+    assert [(b.n_tokens, b.text, b.finish_reason) for b in batches] == [
+        (1, "a", None),
+        (1, "", None),
+        (0, "", "length"),
+        (0, "", None),
+    ]
+    assert batches[-1].usage == {"prompt_tokens": 3, "completion_tokens": 2}
 
 
 async def test_a_stream_that_confirms_k_spares_later_traces_the_check(scripted_server):
