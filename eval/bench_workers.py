@@ -35,8 +35,8 @@ from pathlib import Path
 
 import httpx
 
+from deepconf.child_processes import CLI
 from deepconf.eval.serve_processes import free_port
-from deepconf.eval.workers import CLI
 
 UP_WITHIN_S = 60.0  # a replay server that does not answer by then has failed to start
 

@@ -39,22 +39,24 @@ position, as --shard's are: the sizes differ by at most one problem).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import typer
 
+from deepconf.child_processes import (
+    exit_described,
+    start_child,
+    stop_children,
+    terminate_as_interrupt,
+)
 from deepconf.errors import ConfigError
 from deepconf.eval.datasets import EvalProblem
 from deepconf.eval.runner import check_manifest, read_manifest, read_results
@@ -62,17 +64,9 @@ from deepconf.eval.shards import Shard, link_or_copy, merge_shards
 
 WORKERS_DIR = ".workers"
 LOG_NAME = "worker.log"
-# The console script, run by this interpreter. -P: a working directory holding the source
-# folder deepconf/ (without backends/, eval/) must not shadow the installed package.
-CLI = "from deepconf.cli import app; app()"
-# A worker runs the console script after tying its life to the parent's (see die_with_parent).
-WORKER_CLI = "from deepconf.eval.workers import die_with_parent; die_with_parent(); " + CLI
-PARENT_ENV = "DEEPCONF_WORKERS_PARENT"  # the parent's pid, as the worker must find it
-PARENT_POLL_S = 1.0  # where the kernel cannot signal a parent's death: how often to look
 # Flags the parent sets per worker; every other flag given passes through unchanged.
 PER_WORKER = ("workers", "shard", "max_traces", "output")
 POLL_S = 0.2  # how often the parent looks at its workers (progress, exits)
-STOP_GRACE_S = 10.0  # a worker told to stop gets this long before SIGKILL
 ERROR_LINES = 8  # a failed worker's last log lines shown
 
 
@@ -252,14 +246,14 @@ def run_workers(
     followers = [ResultsFollower(w.folder / "results.jsonl") for w in workers]
     logs: list[IO[bytes]] = []
     procs: list[subprocess.Popen[bytes]] = []
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         try:
             for worker in workers:
                 logs.append((worker.folder / LOG_NAME).open("wb"))
                 procs.append(_start(worker, argv, logs[-1]))
             _watch(workers, procs, followers, on_result)
         finally:
-            _stop(procs)
+            stop_children(procs)
             for log in logs:
                 log.close()
 
@@ -285,83 +279,14 @@ def _watch(
         time.sleep(POLL_S)
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a supervisor, `kill`) stops the workers as Ctrl-C does, instead of ending
-    the parent alone and leaving its workers running. Signal handlers can only be set from
-    the main thread; elsewhere the default stays."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def _start(worker: Worker, argv: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     own = ["--shard", str(worker.shard), "--max-traces", str(worker.max_traces)]
-    command = [sys.executable, "-P", "-c", WORKER_CLI, "eval", *argv, *own]
-    command += ["--output", str(worker.folder)]
-    env = {**os.environ, PARENT_ENV: str(os.getpid())}
-    return subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-    )
-
-
-def die_with_parent() -> None:
-    """In a worker: SIGTERM this process when the parent that started it dies. On Linux the
-    kernel sends it (PR_SET_PDEATHSIG); elsewhere a daemon thread looks every second. The
-    parent may already be gone by the time this runs (a kill between fork and here): the
-    pid check after arming catches that."""
-    parent = int(os.environ.get(PARENT_ENV, "0"))
-    if not parent:
-        return  # run by hand, not by a parent's --workers
-    if not _arm_death_signal():
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _arm_death_signal() -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    pr_set_pdeathsig = 1  # <linux/prctl.h>
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) == 0
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_POLL_S)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    """Terminate the workers still running, then wait for each (SIGKILL after a grace): no
-    worker outlives the parent's command, and a rerun never meets one still writing."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = ["eval", *argv, *own, "--output", str(worker.folder)]
+    return start_child(args, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _failure(worker: Worker, code: int | None) -> ConfigError:
-    how = f"exited with code {code}"
-    if code is not None and code < 0:
-        how = f"was killed by signal {signal.Signals(-code).name}"
+    how = exit_described(code)
     log = worker.folder / LOG_NAME
     tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-ERROR_LINES:]
     said = "\n".join(f"  {line}" for line in tail) or "  (nothing)"

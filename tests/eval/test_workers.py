@@ -23,11 +23,12 @@ from support.eval_folders import records, trace_files
 from support.scripted_server import Script, ScriptedServer, ScriptToken
 from typer.testing import CliRunner
 
+from deepconf.child_processes import CLI, PARENT_ENV
 from deepconf.cli import app
 from deepconf.errors import ConfigError
 from deepconf.eval import workers as workers_module
 from deepconf.eval.shards import Shard
-from deepconf.eval.workers import CLI, plan_workers, split_limit
+from deepconf.eval.workers import plan_workers, split_limit
 
 SEED = 100
 HANG_S = 120.0  # a hang, not a slow machine: worker processes start in seconds
@@ -420,8 +421,8 @@ def test_workers_end_when_their_parent_is_killed_outright(
 def test_a_worker_started_after_its_parent_died_ends_at_once() -> None:
     """The parent can die between starting a worker and the worker arming its death signal:
     a worker whose parent is not the one named ends itself before doing anything."""
-    code = "from deepconf.eval.workers import die_with_parent; die_with_parent(); print('ran')"
-    env = {**os.environ, workers_module.PARENT_ENV: "1"}  # pid 1 is never this test's pid
+    code = "from deepconf.child_processes import die_with_parent; die_with_parent(); print('ran')"
+    env = {**os.environ, PARENT_ENV: "1"}  # pid 1 is never this test's pid
     done = subprocess.run(
         [sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True,
         timeout=HANG_S,

@@ -1,0 +1,117 @@
+"""Worker processes a command starts (`eval --workers`, `serve --workers`): each runs the
+console script again, lives no longer than its parent, and is stopped with it.
+
+- `start_child` runs `deepconf ARGS...` with this interpreter, telling the child its
+  parent's pid. The child's first act (`CHILD_CLI`) is `die_with_parent()`, so a parent
+  killed outright (SIGKILL, the OOM killer), which can stop nobody, leaves no orphan.
+- `stop_children` terminates those still running, then waits (SIGKILL after a grace): no
+  child outlives the parent's command.
+- `terminate_as_interrupt` makes SIGTERM (a supervisor, `kill`) stop the parent as Ctrl-C
+  does, so its `finally` stops the children instead of the parent ending alone.
+
+Why not multiprocessing: a child is exactly the command a user could run by hand, it reads
+its settings from the same flags, and a killed child is just a killed command.
+
+    with terminate_as_interrupt():
+        procs = [start_child(["eval", *argv, "--shard", f"{i}/2"], stdout=log) for i in (1, 2)]
+        try:
+            ...  # watch them
+        finally:
+            stop_children(procs)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+# The console script, run by this interpreter. -P: a working directory holding the source
+# folder deepconf/ (without backends/, eval/) must not shadow the installed package.
+CLI = "from deepconf.cli import app; app()"
+# A child runs the console script after tying its life to the parent's.
+CHILD_CLI = "from deepconf.child_processes import die_with_parent; die_with_parent(); " + CLI
+PARENT_ENV = "DEEPCONF_WORKERS_PARENT"  # the parent's pid, as the child must find it
+PARENT_POLL_S = 1.0  # where the kernel cannot signal a parent's death: how often to look
+STOP_GRACE_S = 10.0  # a child told to stop gets this long before SIGKILL
+
+
+def start_child(args: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """`deepconf ARGS...` in a new process that ends when this one does."""
+    env = {**popen.pop("env", os.environ), PARENT_ENV: str(os.getpid())}
+    command = [sys.executable, "-P", "-c", CHILD_CLI, *args]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, **popen)
+
+
+def stop_children(procs: Sequence[subprocess.Popen[Any]], grace: float = STOP_GRACE_S) -> None:
+    """Terminate the children still running, then wait for each (SIGKILL after `grace`)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def exit_described(code: int | None) -> str:
+    """How a child ended, in words: "exited with code 1", "was killed by signal SIGKILL"."""
+    if code is not None and code < 0:
+        return f"was killed by signal {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt while the block runs. Signal handlers can only be
+    set from the main thread; elsewhere the default stays."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def die_with_parent() -> None:
+    """In a child: SIGTERM this process when the parent that started it dies. On Linux the
+    kernel sends it (PR_SET_PDEATHSIG); elsewhere a daemon thread looks every second. The
+    parent may already be gone by the time this runs (a kill between fork and here): the
+    pid check after arming catches that."""
+    parent = int(os.environ.get(PARENT_ENV, "0"))
+    if not parent:
+        return  # run by hand, not by a parent's --workers
+    if not _arm_death_signal():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _arm_death_signal() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) == 0
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
