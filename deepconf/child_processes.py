@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 # The console script, run by this interpreter. -P: a working directory holding the source
@@ -40,6 +40,32 @@ CHILD_CLI = "from deepconf.child_processes import die_with_parent; die_with_pare
 PARENT_ENV = "DEEPCONF_WORKERS_PARENT"  # the parent's pid, as the child must find it
 PARENT_POLL_S = 1.0  # where the kernel cannot signal a parent's death: how often to look
 STOP_GRACE_S = 10.0  # a child told to stop gets this long before SIGKILL
+
+
+def given_flags(ctx: Any, skip: Collection[str] = ()) -> list[str]:
+    """The options a command was given (on the command line or from the environment), as
+    flags again, leaving out those in `skip` (parameter names): a child gets the same
+    backend and settings as its parent. `ctx` is the command's typer/click context. (Typer
+    carries its own copy of click, so the parameters are told apart by their attributes,
+    not by click's classes.)"""
+    argv: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if param.param_type_name != "option" or name in skip:
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        value = ctx.params[name]
+        opts: list[str] = param.opts
+        if getattr(param, "is_flag", False):
+            argv += (opts if value else getattr(param, "secondary_opts", []))[:1]
+        elif param.multiple:
+            for item in value or ():
+                argv += [opts[0], str(item)]
+        elif value is not None:
+            argv += [opts[0], str(value)]
+    return argv
 
 
 def start_child(args: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:

@@ -53,6 +53,7 @@ import typer
 
 from deepconf.child_processes import (
     exit_described,
+    given_flags,
     start_child,
     stop_children,
     terminate_as_interrupt,
@@ -193,28 +194,8 @@ def _link_traces(output: Path, line: dict[str, Any], folder: Path) -> None:
 
 
 def worker_argv(ctx: typer.Context) -> list[str]:
-    """The options this eval was given (on the command line or from the environment) as
-    flags again, leaving out those set per worker: every worker gets the same backend and
-    settings as the parent. (Typer carries its own copy of click, so the parameters are
-    told apart by their attributes, not by click's classes.)"""
-    argv: list[str] = []
-    for param in ctx.command.params:
-        name = param.name or ""
-        if param.param_type_name != "option" or name in PER_WORKER:
-            continue
-        source = ctx.get_parameter_source(name)
-        if source is None or source.name == "DEFAULT":
-            continue
-        value = ctx.params[name]
-        opts: list[str] = param.opts
-        if getattr(param, "is_flag", False):
-            argv += (opts if value else getattr(param, "secondary_opts", []))[:1]
-        elif param.multiple:
-            for item in value or ():
-                argv += [opts[0], str(item)]
-        elif value is not None:
-            argv += [opts[0], str(value)]
-    return argv
+    """The options this eval was given, as flags again, but for those set per worker."""
+    return given_flags(ctx, skip=PER_WORKER)
 
 
 class ResultsFollower:

@@ -77,6 +77,7 @@ UpstreamKey = Annotated[
 
 
 def serve_command(
+    ctx: typer.Context,
     upstream: Upstream,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
@@ -129,6 +130,17 @@ def serve_command(
     max_tokens: MaxTokens = None,
     seed: Seed = None,
     log_level: Annotated[str, typer.Option("--log-level", help="info, warning, ...")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Server processes sharing the port, one core each; --max-concurrent-solves"
+            " is split among them.",
+        ),
+    ] = 1,
+    listen_fd: Annotated[
+        int | None, typer.Option("--listen-fd", hidden=True, help="(a worker's socket)")
+    ] = None,
 ) -> None:
     """Serve DeepConf over an OpenAI-compatible API in front of UPSTREAM servers."""
     import httpx
@@ -194,7 +206,15 @@ def serve_command(
     except DeepConfError as exc:
         raise fail(str(exc)) from None
     _setup_logging(log_level)
-    run_server(app, guard, host=host, port=port, log_level=log_level.lower())
+    if workers > 1 and listen_fd is None:
+        from deepconf.serve.workers import serve_with_workers
+
+        try:
+            serve_with_workers(ctx, guard, host, port, workers, max_concurrent_solves)
+        except DeepConfError as exc:
+            raise fail(str(exc)) from None
+        return
+    run_server(app, guard, host=host, port=port, log_level=log_level.lower(), listen_fd=listen_fd)
 
 
 def _normalised(urls: list[str]) -> list[str]:

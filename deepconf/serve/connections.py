@@ -46,6 +46,7 @@ from collections import OrderedDict
 from typing import Any
 
 DEFAULT_HEADER_TIMEOUT = 5.0
+BACKLOG = 2048  # connections the kernel queues before one is accepted (uvicorn's default)
 ACCEPT_ERROR_INTERVAL = 10.0  # seconds between two logged accept() failures
 
 
@@ -110,6 +111,13 @@ class ConnectionGuard:
         sock.batch = accept_batch()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        return sock
+
+    def adopt(self, fd: int) -> socket.socket:
+        """The listening socket a `serve --workers` parent bound and passed down as `fd`,
+        accepting in batches as `listen`'s does."""
+        sock = _BatchedAccept(fileno=fd)
+        sock.batch = accept_batch()
         return sock
 
     # --- called by the protocol ----------------------------------------------------------------
@@ -185,14 +193,25 @@ class _BatchedAccept(socket.socket):
 
 
 def run_server(
-    app: Any, guard: ConnectionGuard, *, host: str, port: int, log_level: str = "info"
+    app: Any,
+    guard: ConnectionGuard,
+    *,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    listen_fd: int | None = None,
 ) -> None:
-    """uvicorn serving `app` on host:port under `guard`, until interrupted."""
+    """uvicorn serving `app` on host:port under `guard`, until interrupted; with
+    `listen_fd`, on that inherited listening socket instead (a `serve --workers` worker;
+    its parent said where it listens)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, **guard.uvicorn_options())
-    sock = guard.listen(host, port)
-    logging.getLogger("uvicorn.error").info("listening on http://%s:%d", host, port)
+    config = uvicorn.Config(app, log_level=log_level, backlog=BACKLOG, **guard.uvicorn_options())
+    if listen_fd is not None:
+        sock = guard.adopt(listen_fd)
+    else:
+        sock = guard.listen(host, port)
+        logging.getLogger("uvicorn.error").info("listening on http://%s:%d", host, port)
     uvicorn.Server(config).run(sockets=[sock])
 
 
