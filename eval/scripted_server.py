@@ -228,6 +228,8 @@ class ScriptedServer(LoopbackServer):
             return await _json(send, 200, {"object": "list", "data": [{"id": self.model}]})
         if path not in ("/v1/chat/completions", "/v1/completions"):
             return await _json(send, 404, {"error": {"message": f"no route {path}"}})
+        if scope["method"] != "POST":  # as vLLM: the generation routes take POST only
+            return await _json(send, 405, {"error": {"message": "Method Not Allowed"}})
         if failure is not None:
             status, retry_after, message = failure
             extra = [(b"retry-after", str(retry_after).encode())] if retry_after is not None else []

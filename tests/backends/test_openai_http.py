@@ -735,10 +735,10 @@ async def test_retries_are_logged_once_per_server_then_quietly(scripted_server, 
     scripted_server.fail_next(503)
     scripted_server.fail_next(503)
     with caplog.at_level(logging.DEBUG, logger="deepconf.backends.openai_http"):
-        await collect(backend, TraceRequest(3, "q", SamplingConfig(), top_logprobs=20))
+        await collect(backend, TraceRequest(0, "q", SamplingConfig(), top_logprobs=20))
     retries = [(r.levelno, r.getMessage()) for r in caplog.records if "retrying" in r.getMessage()]
     assert [level for level, _ in retries] == [logging.WARNING, logging.DEBUG]
-    assert retries[0][1].startswith("retrying trace 3 in ")
+    assert retries[0][1].startswith("retrying trace 0 in ")  # trace 0 is a trace
     assert retries[0][1].endswith(
         f"s: {scripted_server.base_url} failed with HTTP 503: scripted failure 503"
     )
@@ -833,7 +833,7 @@ async def test_an_unterminated_last_event_is_judged_like_any_other():
     with pytest.raises(StreamError, match="the server sent NaN as a logprob at token 3:"):
         await _mock_stream(with_nan)
     done_last = sse_body(chat_token("a"), chat_token(" b")) + b"data: [DONE]"
-    with pytest.raises(StreamError, match=r"ended with \[DONE\] but no finish reason after 2"):
+    with pytest.raises(StreamError, match=r"^the stream from http://mock/v1 ended with \[DONE\]"):
         await _mock_stream(done_last)
 
 
@@ -864,6 +864,70 @@ async def test_every_read_that_carries_something_reaches_the_controller():
         (0, "", None),
     ]
     assert batches[-1].usage == {"prompt_tokens": 3, "completion_tokens": 2}
+
+
+async def test_a_failed_probe_is_retried_and_logged_as_the_probe(scripted_server, caplog):
+    backend = backend_for(scripted_server)
+    scripted_server.fail_next(503)
+    with caplog.at_level(logging.WARNING, logger="deepconf.backends.openai_http"):
+        await backend.open()
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 1 and retries[0].startswith("retrying the probe in ")
+    await backend.aclose()
+
+
+async def test_max_retries_is_the_number_of_retries(scripted_server):
+    """max_retries=1: two attempts in all, then the error (a third would have succeeded)."""
+    backend = backend_for(scripted_server, model="m", probe=False, max_retries=1)
+    for _ in range(2):
+        scripted_server.fail_next(503)
+    with pytest.raises(ServerError):
+        await collect(backend, request())
+    assert len(scripted_server.requests) == 2
+    await backend.aclose()
+
+
+async def test_a_retry_goes_to_another_server():
+    """A retry avoids the server that just failed even when it is the least loaded: B holds
+    a stalled stream, so trace T goes to A, which fails with 503; T's retry goes to B, not
+    back to A (which would have answered this time)."""
+    stall = Script.from_text(TEXT, stall_after=1)
+    with ScriptedServer() as a, ScriptedServer(by_seed={1: stall}) as b:
+        backend = backend_for(a, b, model="m", probe=False)
+        await collect(backend, request(seed=0))  # to A: B is next in order
+        held = asyncio.create_task(collect(backend, request(seed=1)))  # B, stalls
+        assert await asyncio.to_thread(b.wait_for, lambda: len(b.streams) == 1, timeout=60)
+        a.fail_next(503)
+        batches = await collect(backend, request(seed=2))
+        held.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await held
+        await backend.aclose()
+        assert batches[-1].finish_reason == "stop"
+        assert (len(a.requests), [s.seed for s in b.streams]) == (2, [1, 2])
+
+
+@pytest.mark.parametrize(
+    ("base", "cap", "retried"),
+    [(5.0, 30.0, False), (5.0, 0.01, True)],
+)
+async def test_the_configured_backoff_sets_the_retry_delay(scripted_server, base, cap, retried):
+    """With a 1 s trace limit, a 5 s first backoff would overrun it, so the trace fails at
+    once; capped at 0.01 s, it is retried and completes. Each setting is the config's own."""
+    backend = OpenAIHttpBackend(
+        HttpBackendConfig(
+            base_urls=[scripted_server.base_url], model="m", probe=False, trace_timeout=1.0,
+            backoff_base=base, backoff_cap=cap,
+        )
+    )  # fmt: skip
+    scripted_server.fail_next(503)
+    if retried:
+        assert (await collect(backend, request()))[-1].finish_reason == "stop"
+    else:
+        with pytest.raises(ServerError):
+            await collect(backend, request())
+    assert len(scripted_server.requests) == 1 + retried
+    await backend.aclose()
 
 
 async def test_a_stream_that_confirms_k_spares_later_traces_the_check(scripted_server):

@@ -292,8 +292,11 @@ async def test_a_200_html_page_is_refused_once_not_retried_as_a_stream(scripted_
     await backend.open()
     scripted_server.default = Script.from_text(TEXT, html=True)
     before = len(scripted_server.requests)
-    with pytest.raises(StreamError, match=r"answered 200 with text/html \(an error page\?\)"):
+    with pytest.raises(StreamError) as info:
         await collect(backend)
+    assert str(info.value).startswith(
+        f"{scripted_server.base_url} answered 200 with text/html (an error page?)"
+    )
     assert len(scripted_server.requests) == before + 1
 
 
