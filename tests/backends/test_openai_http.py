@@ -144,6 +144,17 @@ async def test_probe_fewer_logprobs_names_max_logprobs(scripted_server):
         await backend.open()
 
 
+@pytest.mark.parametrize(("api", "sent"), [("chat", "Say hello."), ("completions", "Hello")])
+async def test_the_probe_speaks_the_api_it_probes(scripted_server, api, sent):
+    """Chat gets the greeting as a user message, completions the raw text to continue."""
+    backend = backend_for(scripted_server, api=api)
+    await backend.open()
+    await backend.aclose()
+    probe = scripted_server.streams[0].body
+    got = probe["messages"] if api == "chat" else probe["prompt"]
+    assert got == ([{"role": "user", "content": sent}] if api == "chat" else sent)
+
+
 async def test_probe_judges_the_fullest_position(scripted_server):
     """Short positions (collapsed entries), even most of them, do not fail the probe: a cap
     is the same everywhere, so one position with all k shows k is served."""

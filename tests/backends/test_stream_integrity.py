@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.proxy_runner import ProxyServer
-from support.scripted_server import CONFIDENT, Script, ScriptedServer, scripted_server
+from support.scripted_server import CONFIDENT, MODEL, Script, ScriptedServer, scripted_server
 
 from deepconf.backend import TokenBatch, TraceRequest
 from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
@@ -370,8 +370,10 @@ async def test_a_trace_begun_while_k_is_unconfirmed_is_audited_too(scripted_serv
 
 async def test_probe_text_without_logprobs_says_what_it_saw(scripted_server):
     scripted_server.default = Script.from_text(TEXT, logprobs=False)
-    with pytest.raises(CapabilityError, match="characters of text but no logprobs"):
+    with pytest.raises(CapabilityError) as info:
         await backend_for(scripted_server).open()
+    where = f"{scripted_server.base_url} ({MODEL}, /chat/completions)"
+    assert str(info.value).startswith(f"{where}: the probe got 24 characters of text but no")
 
 
 # --- the controller ------------------------------------------------------------------------------
