@@ -125,6 +125,7 @@ class StreamRecord:
     finished: bool = False  # sent everything and [DONE]
     disconnected: bool = False  # the client went away before the end
     dropped: bool = False  # the server cut the connection on purpose
+    client: tuple[str, int] = ("", 0)  # the client's address: one per connection
 
     @property
     def seed(self) -> int | None:
@@ -243,7 +244,8 @@ class ScriptedServer(LoopbackServer):
         if script.status is not None:
             said = {"error": {"message": f"scripted status {script.status}"}}
             return await _json(send, script.status, said, [(b"retry-after", b"0")])
-        await self._stream(send, receive, script, body, headers, path, chat)
+        client = tuple(scope.get("client") or ("", 0))
+        await self._stream(send, receive, script, body, headers, path, chat, client)
 
     def _script(self, number: int, body: dict[str, Any]) -> Script:
         seed = body.get("seed")
@@ -264,11 +266,12 @@ class ScriptedServer(LoopbackServer):
         headers: dict[str, str],
         path: str,
         chat: bool,
+        client: tuple[str, int],
     ) -> None:
         max_tokens = int(body.get("max_tokens") or len(script.tokens))
         tokens = _as_served(script, script.tokens[:max_tokens], body)
         finish = script.finish_reason if len(script.tokens) <= max_tokens else "length"
-        rec = StreamRecord(path, body, headers, len(tokens))
+        rec = StreamRecord(path, body, headers, len(tokens), client=client)
         with self._lock:
             self.streams.append(rec)
             self.running += 1

@@ -446,18 +446,21 @@ async def test_scripted_server_selects_by_request_number(scripted_server):
     assert texts == ["reply 1", "seeded", "reply 3"]
 
 
-async def test_default_probe_defers_a_short_k_to_the_traces(scripted_server):
-    """With no k in the config, a server capped at 5 still opens; traces asking for 5 run,
-    and a trace asking for 20 fails at once, before any request, naming --max-logprobs."""
+async def test_default_probe_defers_a_short_k_to_the_traces(scripted_server, caplog):
+    """With no k in the config, a server capped at 5 still opens, warning with the error a
+    trace asking for more will get; traces asking for 5 run, and a trace asking for 20
+    fails at once, before any request, with that same error."""
     scripted_server.default = Script.from_text(TEXT, max_logprobs=5)
     backend = backend_for(scripted_server)
-    await backend.open()
+    with caplog.at_level(logging.WARNING, logger="deepconf.backends.openai_http"):
+        await backend.open()
     lp, _, _ = joined(await collect(backend, request(k=5)))
     assert lp.shape[1] == 5 and not np.isnan(lp).any()
     sent = len(scripted_server.requests)
-    with pytest.raises(CapabilityError, match="--max-logprobs 20"):
+    with pytest.raises(CapabilityError, match="--max-logprobs 20") as info:
         await collect(backend, request(k=20))
     assert len(scripted_server.requests) == sent
+    assert [r.getMessage() for r in caplog.records] == [str(info.value)]
     await backend.aclose()
 
 
@@ -896,6 +899,28 @@ async def test_max_retries_is_the_number_of_retries(scripted_server):
         await collect(backend, request())
     assert len(scripted_server.requests) == 2
     await backend.aclose()
+
+
+async def test_the_backend_opens_at_most_max_connections():
+    """max_connections=2: trace 1 stalls, trace 2 streams slowly; trace 3, begun meanwhile,
+    waits for a connection and takes trace 2's when it ends, rather than opening a third."""
+    slow = Script.from_text(" ".join(["step"] * 20) + " " + TEXT, delay=0.05)
+    by_seed = {1: Script.from_text(TEXT, stall_after=1), 2: slow}
+    with ScriptedServer(by_seed=by_seed) as server:
+        backend = backend_for(server, model="m", probe=False, max_connections=2)
+        held = asyncio.create_task(collect(backend, request(seed=1)))
+        assert await asyncio.to_thread(server.wait_for, lambda: len(server.streams) == 1, 60)
+        second = asyncio.create_task(collect(backend, request(seed=2)))
+        assert await asyncio.to_thread(server.wait_for, lambda: len(server.streams) == 2, 60)
+        third = await collect(backend, request(seed=3))
+        for batches in (await second, third):
+            assert [b.finish_reason for b in batches if b.finish_reason] == ["stop"]
+        held.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await held
+        await backend.aclose()
+    clients = [s.client for s in server.streams]
+    assert len(set(clients)) == 2 and clients[2] == clients[1]
 
 
 async def test_a_retry_goes_to_another_server():
