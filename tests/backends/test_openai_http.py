@@ -127,6 +127,16 @@ async def test_request_bodies(scripted_server, monkeypatch):
     assert scripted_server.streams[1].headers["authorization"] == "Bearer sk-test-123"
 
 
+async def test_no_key_sends_no_authorization_header(scripted_server, monkeypatch):
+    """Without --api-key or $OPENAI_API_KEY the request has no Authorization header (not
+    "Bearer None", which a server with keys would log as a bad key)."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    backend = backend_for(scripted_server, model="m", probe=False)
+    await collect(backend, request())
+    await backend.aclose()
+    assert "authorization" not in scripted_server.streams[0].headers
+
+
 async def test_completions_rejects_chat_messages(scripted_server):
     """Chat messages on the completions API are a ConfigError telling the user what to do."""
     backend = backend_for(scripted_server, api="completions")
