@@ -12,7 +12,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import numpy as np
@@ -640,22 +640,28 @@ class _ModelsRefused(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def models_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A loopback http.server with `handler`; yields its base URL (ending in /v1)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 async def test_model_discovery_reports_a_refused_models_request_as_the_refusal():
     """/models answered 401: a model name would not help (the traces would get 401 too), so
     the error is the refusal itself, saying to check the key, with no word of --model.
     Beside a server without a model it is quoted among the failures."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelsRefused)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with models_server(_ModelsRefused) as url:
         with pytest.raises(RequestRejectedError) as alone:
             await OpenAIHttpBackend(HttpBackendConfig(base_urls=[url], probe=False)).open()
         with ScriptedServer(model="") as nameless, pytest.raises(ConfigError) as mixed:
             cfg = HttpBackendConfig(base_urls=[url, nameless.base_url], probe=False)
             await OpenAIHttpBackend(cfg).open()
-    finally:
-        server.shutdown()
-        server.server_close()
     refusal = (
         f"{url} rejected the request (HTTP 401): Invalid API key; check --api-key or"
         " $OPENAI_API_KEY"
@@ -673,15 +679,8 @@ class _NoModelsRoute(_ModelsRefused):
 async def test_a_server_without_a_models_route_is_told_to_pass_model():
     """/models answered 404 (a proxy or a minimal server without the route): naming the
     model is the fix, and the error says so."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoModelsRoute)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
-        with pytest.raises(ConfigError) as info:
-            await OpenAIHttpBackend(HttpBackendConfig(base_urls=[url], probe=False)).open()
-    finally:
-        server.shutdown()
-        server.server_close()
+    with models_server(_NoModelsRoute) as url, pytest.raises(ConfigError) as info:
+        await OpenAIHttpBackend(HttpBackendConfig(base_urls=[url], probe=False)).open()
     said = str(info.value)
     assert said.startswith(f"could not discover the model name ({url}")
     assert "HTTP 404" in said and said.endswith("): pass --model (model= in HttpBackendConfig)")

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from support.eval_folders import records, trace_files
+from support.processes import running
 from support.scripted_server import Script, ScriptedServer, ScriptToken
 from typer.testing import CliRunner
 
@@ -429,15 +430,6 @@ def test_a_worker_started_after_its_parent_died_ends_at_once() -> None:
     )  # fmt: skip
     assert done.returncode == -signal.SIGTERM
     assert "ran" not in done.stdout
-
-
-def running(pid: int) -> bool:
-    """Whether a process exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_a_folder_of_another_worker_count_is_refused(

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from support.processes import running
 from support.scripted_server import MODEL, Script, ScriptedServer
 
 from deepconf.child_processes import CLI
@@ -56,14 +57,6 @@ def until(predicate, what: str) -> None:
 def workers_of(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [int(c) for c in children if b"--listen-fd" in Path(f"/proc/{c}/cmdline").read_bytes()]
-
-
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def listening_inode(port: int) -> str:
