@@ -9,12 +9,17 @@ logprobs, no model behind them, so the time is the client's). Each eval is a fre
 every trace runs to its `--tokens`, so both evals read exactly the same tokens, counted from
 their results files.
 
-Printed: each run's wall seconds, tokens, tokens per second and the CPU seconds of the eval
-and its workers; then the throughput ratio (N workers over one) per repetition and its
-median. The server shares the machine: on 2 cores it takes part of a core from the client,
-so `--servers 2` gives each worker a server of its own for a client-bound figure.
+Printed: each run's wall seconds, tokens, tokens per second, the CPU seconds of the eval
+and its workers and those of the replay servers in the same span; then the throughput ratio
+(N workers over one) per repetition and its median. The servers share the machine, where a
+real fleet's GPUs use none of its CPU: with client CPU c and server CPU s per token, N
+workers on N cores gain at most N c / (c + s). So each server write carries 16 events
+(`--events-per-write`; the client reads and decodes the same bytes, and a client that falls
+behind reads many events per read anyway), which cuts s several times, and `--servers 2`
+gives each worker a server of its own.
 
     deepconf bench workers                          # 2 workers, 16 problems x 32 traces x 2,000
+    deepconf bench workers --events-per-write 1     # the server writes as a GPU server does
     deepconf bench workers --repeats 3 --servers 2
     deepconf bench workers --problems 2 --budget 4 --tokens 200 --repeats 1   # a smoke run
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -46,7 +52,8 @@ class Measured:
     workers: int
     seconds: float
     tokens: int
-    cpu_seconds: float
+    cpu_seconds: float  # the eval and its workers
+    server_cpu_seconds: float  # the replay servers, in the same span
 
     @property
     def rate(self) -> float:
@@ -56,13 +63,13 @@ class Measured:
 class ReplayServer:
     """`python -m deepconf.eval.replay_server` on a free port, up once /v1/models answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, events_per_write: int = 1) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         module = "deepconf.eval.replay_server"
+        flags = ["--port", str(self.port), "--events-per-write", str(events_per_write)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", module, "--port", str(self.port)],
-            stdout=subprocess.DEVNULL,
+            [sys.executable, "-P", "-m", module, *flags], stdout=subprocess.DEVNULL
         )
         deadline = time.monotonic() + UP_WITHIN_S
         while not self._answers():
@@ -76,6 +83,14 @@ class ReplayServer:
             return httpx.get(self.base_url + "/models", timeout=5).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server has used so far (Linux /proc; 0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -104,9 +119,11 @@ def eval_command(
 
 
 def run_one(
-    args: argparse.Namespace, urls: list[str], data: Path, out: Path, workers: int
+    args: argparse.Namespace, servers: list[ReplayServer], data: Path, out: Path, workers: int
 ) -> Measured:
     """One eval, timed from the outside; its tokens are read back from its results."""
+    urls = [s.base_url for s in servers]
+    server_before = sum(s.cpu_seconds() for s in servers)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
@@ -114,20 +131,22 @@ def run_one(
     )
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu = sum(s.cpu_seconds() for s in servers) - server_before
     if done.returncode != 0:
         raise SystemExit(f"the eval with {workers} worker(s) failed:\n{done.stdout}{done.stderr}")
     lines = [json.loads(t) for t in (out / "results.jsonl").read_text().splitlines()]
     tokens = sum(run["tokens"]["total"] for line in lines for run in line["runs"].values())
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Measured(workers, seconds, tokens, cpu)
+    return Measured(workers, seconds, tokens, cpu, server_cpu)
 
 
 def report(runs: list[Measured], workers: int) -> float:
     """Print the table and the ratios; return the median ratio."""
-    print(f"{'workers':>7} {'seconds':>8} {'tokens':>10} {'tokens/s':>10} {'CPU s':>7}")
+    head = f"{'tokens/s':>10} {'CPU s':>7} {'servers CPU s':>13}"
+    print(f"{'workers':>7} {'seconds':>8} {'tokens':>10} {head}")
     for m in runs:
         figures = f"{m.seconds:>8.2f} {m.tokens:>10,} {m.rate:>10,.0f} {m.cpu_seconds:>7.2f}"
-        print(f"{m.workers:>7} {figures}")
+        print(f"{m.workers:>7} {figures} {m.server_cpu_seconds:>13.2f}")
     ones = [m for m in runs if m.workers == 1]
     many = [m for m in runs if m.workers == workers]
     ratios = [b.rate / a.rate for a, b in zip(ones, many, strict=True)]
@@ -150,26 +169,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parallel", type=int, default=4, help="problems in progress per worker")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each side")
     ap.add_argument("--servers", type=int, default=1, help="replay servers (each a process)")
+    ap.add_argument(
+        "--events-per-write",
+        type=int,
+        default=16,
+        help="SSE events per server write (1: as a GPU server writes; more: less server CPU"
+        " on the client's cores, the same bytes for the client)",
+    )
     args = ap.parse_args(argv)
-    if args.workers < 2 or args.repeats < 1 or args.servers < 1:
-        ap.error("--workers must be at least 2, --repeats and --servers at least 1")
+    if min(args.repeats, args.servers, args.events_per_write) < 1 or args.workers < 2:
+        ap.error(
+            "--workers must be at least 2; --repeats, --servers and --events-per-write at least 1"
+        )
     print(
         f"eval of {args.problems} problems x {args.budget} traces x {args.tokens:,} tokens"
-        f" against {args.servers} replay server(s); 1 and {args.workers} workers alternate,"
-        f" {args.repeats} run(s) each"
+        f" against {args.servers} replay server(s) ({args.events_per_write} event(s) per"
+        f" write); 1 and {args.workers} workers alternate, {args.repeats} run(s) each"
     )
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-        servers = [ReplayServer() for _ in range(args.servers)]
+        servers = [ReplayServer(args.events_per_write) for _ in range(args.servers)]
         for server in servers:
             stack.callback(server.close)
-        urls = [s.base_url for s in servers]
         data = Path(tmp) / "problems.jsonl"
         write_dataset(data, args.problems)
         runs = []
         for rep in range(args.repeats):
             for workers in (1, args.workers):
                 out = Path(tmp) / f"run-{rep}-{workers}"
-                runs.append(run_one(args, urls, data, out, workers))
+                runs.append(run_one(args, servers, data, out, workers))
         report(runs, args.workers)
 
 

@@ -10,6 +10,10 @@ trace. It runs in its own process (`python -m deepconf.eval.replay_server --port
 2-core machine the client and the server then each have a core. `--token-delay S` paces every
 stream instead, one event per S seconds, as a busy GPU does: that holds many streams open at
 once (`deepconf bench memory` keeps 10,000 in flight) without the client falling behind.
+`--events-per-write N` sends N events per write: the client reads and decodes the same
+bytes (a client that falls behind reads many events at once anyway), while the server's own
+CPU per token drops several times, which matters where it shares the client's cores
+(`deepconf bench workers`): a real fleet's servers use none of the client machine's CPU.
 
     python -m deepconf.eval.replay_server --port 8500 &
     deepconf solve --base-url http://127.0.0.1:8500/v1 --mode offline --budget 128 ...
@@ -38,7 +42,20 @@ def events(n_tokens: int, answer: str) -> list[bytes]:
     return split_events(vllm_chat_stream(n_tokens, 1, answer=f" \\boxed{{{answer}}}"))
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any, token_delay: float = 0.0) -> None:
+@functools.lru_cache(maxsize=64)
+def writes(n_tokens: int, answer: str, events_per_write: int) -> list[bytes]:
+    """The stream's events joined `events_per_write` at a time: what each write sends."""
+    evs = events(n_tokens, answer)
+    return [b"".join(evs[i : i + events_per_write]) for i in range(0, len(evs), events_per_write)]
+
+
+async def app(
+    scope: dict[str, Any],
+    receive: Any,
+    send: Any,
+    token_delay: float = 0.0,
+    events_per_write: int = 1,
+) -> None:
     if scope["type"] != "http":
         return
     body = b""
@@ -60,20 +77,22 @@ async def app(scope: dict[str, Any], receive: Any, send: Any, token_delay: float
     seed = int(request.get("seed") or 0)
     head = [(b"content-type", b"text/event-stream")]
     await send({"type": "http.response.start", "status": 200, "headers": head})
-    for i, event in enumerate(events(n_tokens, ANSWERS[seed % len(ANSWERS)])):
+    answer = ANSWERS[seed % len(ANSWERS)]
+    for i, data in enumerate(writes(n_tokens, answer, events_per_write)):
         if i and token_delay:
             await asyncio.sleep(token_delay)
-        await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": data, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def paced(token_delay: float) -> ASGIApp:
-    """`app` sleeping `token_delay` seconds between two events of a stream."""
+def configured(token_delay: float, events_per_write: int) -> ASGIApp:
+    """`app` sleeping `token_delay` seconds between two writes of a stream, each write
+    carrying `events_per_write` events."""
 
-    async def paced_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await app(scope, receive, send, token_delay)
+    async def configured_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await app(scope, receive, send, token_delay, events_per_write)
 
-    return paced_app
+    return configured_app
 
 
 async def _respond(send: Any, status: int, ctype: bytes, data: bytes) -> None:
@@ -92,11 +111,20 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="seconds between two events of a stream (default 0: as fast as the socket takes)",
     )
+    ap.add_argument(
+        "--events-per-write",
+        type=int,
+        default=1,
+        help="SSE events per write (default 1, as a GPU server sends them)",
+    )
     args = ap.parse_args(argv)
+    if args.events_per_write < 1:
+        ap.error("--events-per-write must be at least 1")
     import uvicorn
 
+    plain = args.token_delay <= 0 and args.events_per_write == 1
     uvicorn.run(
-        paced(args.token_delay) if args.token_delay > 0 else app,
+        app if plain else configured(args.token_delay, args.events_per_write),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",
