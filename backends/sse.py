@@ -179,30 +179,33 @@ def sse_events_reference(
 # --- the fields we read; everything else in a chunk is skipped by msgspec -------------------
 # Every field is optional and nullable: servers omit unset fields (vLLM exclude_unset) or
 # send null, and one struct covers both chat and completions chunks.
+# gc=False: a decoded chunk is plain data that never refers back to itself, so the garbage
+# collector need not track it. A read of top-20 chunks makes ~22 structs per token, and
+# tracking them set off collections that cost ~30-50% of the decode (measured side by side).
 
 
-class _Top(msgspec.Struct):
+class _Top(msgspec.Struct, gc=False):
     logprob: float | None = None
 
 
-class _ChatToken(msgspec.Struct):
+class _ChatToken(msgspec.Struct, gc=False):
     logprob: float | None = None
     top_logprobs: list[_Top] | None = None
 
 
-class _Logprobs(msgspec.Struct):
+class _Logprobs(msgspec.Struct, gc=False):
     content: list[_ChatToken] | None = None  # chat
     top_logprobs: list[dict[str, float | None] | None] | None = None  # completions
     token_logprobs: list[float | None] | None = None  # completions
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     index: int = 0
     delta: _Delta | None = None  # chat
     text: str | None = None  # completions
@@ -210,13 +213,13 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
 
 
-class _ErrorBody(msgspec.Struct):
+class _ErrorBody(msgspec.Struct, gc=False):
     message: str | None = None
     type: str | None = None
     code: int | str | None = None
 
 
-class _Chunk(msgspec.Struct):
+class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] | None = None
     usage: dict[str, int | None] | None = None
     error: _ErrorBody | str | None = None
