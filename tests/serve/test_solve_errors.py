@@ -1,0 +1,101 @@
+"""Every error a solve can raise maps to one HTTP answer that the openai client turns into
+the right typed exception: status, OpenAI error type, code and param, the headers a client
+backs off by, and a message that quotes the cause. A group of errors (traces failing
+together) answers as its first deepconf error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deepconf.errors import (
+    BackendError,
+    CapabilityError,
+    ConfigError,
+    ConnectError,
+    DatasetError,
+    RateLimitedError,
+    RequestRejectedError,
+    ServerError,
+    StreamError,
+)
+from deepconf.serve.solve import HttpError, solve_error
+
+
+def answer(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
+    """(status, the error object of the body, headers) as the client receives them."""
+    response = solve_error(exc).response()
+    headers = {k: v for k, v in response.headers.items() if k not in ("content-length",)}
+    headers.pop("content-type")
+    return response.status_code, json.loads(response.body)["error"], headers
+
+
+def error(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"message": message, "type": type_, "param": param, "code": code}
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "body"),
+    [
+        (ConfigError("top_logprobs must be at most 20"), 400,
+         error("top_logprobs must be at most 20", "invalid_request_error")),
+        (RequestRejectedError("model 'x' does not exist", status=404), 404,
+         error("the upstream answered 404: model 'x' does not exist", "invalid_request_error",
+               "model", "model_not_found")),
+        (RequestRejectedError("prompt too long", status=422), 400,
+         error("the upstream rejected the request: prompt too long", "invalid_request_error",
+               None, "upstream_rejected")),
+        (RequestRejectedError("no status known"), 400,
+         error("the upstream rejected the request: no status known", "invalid_request_error",
+               None, "upstream_rejected")),
+        (CapabilityError("no logprobs"), 502,
+         error("no logprobs", "upstream_error", None, "upstream_capability")),
+        (ConnectError("refused"), 502,
+         error("refused", "upstream_error", None, "upstream_unavailable")),
+        (ServerError("upstream 503"), 502,
+         error("upstream 503", "upstream_error", None, "upstream_unavailable")),
+        (StreamError("cut"), 502, error("cut", "upstream_error", None, "upstream_unavailable")),
+        (BackendError("gone"), 502, error("gone", "upstream_error", None, "upstream_unavailable")),
+        (DatasetError("odd"), 500, error("odd", "server_error")),
+        (KeyError("x"), 500,
+         error("internal error (KeyError); see the server log", "server_error")),
+    ],
+)  # fmt: skip
+def test_each_error_has_its_status_type_and_code(
+    exc: BaseException, status: int, body: dict
+) -> None:
+    got_status, got_body, headers = answer(exc)
+    assert (got_status, got_body) == (status, body)
+    assert headers == {}
+
+
+def test_a_rate_limit_passes_its_retry_after_on_as_whole_seconds() -> None:
+    """The client's SDK backs off by Retry-After; a fraction is cut to whole seconds, and an
+    upstream that named none gets 1 second."""
+    status, body, headers = answer(RateLimitedError("slow down", retry_after=7.9))
+    assert status == 429
+    assert body == error("upstream rate limit: slow down", "rate_limit_error")
+    assert headers == {"retry-after": "7"}
+    assert answer(RateLimitedError("slow down"))[2] == {"retry-after": "1"}
+
+
+def test_a_group_answers_as_its_first_deepconf_error() -> None:
+    """Traces that fail together raise a group: the first deepconf error in it decides, even
+    behind a plain error and nested groups."""
+    group = ExceptionGroup(
+        "traces", [KeyError("x"), ExceptionGroup("inner", [CapabilityError("no logprobs")])]
+    )
+    assert answer(group)[0] == 502
+    assert answer(group)[1]["code"] == "upstream_capability"
+    plain = ExceptionGroup("traces", [ValueError("a"), KeyError("b")])
+    assert answer(plain)[1]["message"] == "internal error (ValueError); see the server log"
+
+
+def test_an_http_error_defaults_to_an_invalid_request() -> None:
+    e = HttpError(400, "bad")
+    assert (e.status, e.message, e.type, e.param, e.code, e.headers) == (
+        400, "bad", "invalid_request_error", None, None, {},
+    )  # fmt: skip
+    assert str(e) == "bad"
+    assert e.body() == {"error": error("bad", "invalid_request_error")}
