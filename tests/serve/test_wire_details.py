@@ -1,0 +1,84 @@
+"""Details of serve's wire objects a client reads field by field: the message and param of a
+settings error (each problem named by the request key that set it), and the progress chunk's
+`deepconf` object. Written against mutants of deepconf/serve/wire.py that the end-to-end
+tests let live (`.ci/mutation deepconf/serve/wire.py`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from deepconf.config import DeepConfConfig
+from deepconf.result import Progress
+from deepconf.serve.wire import _settings_error, progress_payload
+
+
+def test_a_settings_error_names_every_problem_by_its_request_key() -> None:
+    """DeepConf settings are deepconf.<key> (window lives in the config's confidence, but the
+    request sets it as deepconf.window), sampling ones the plain field (with its index for a
+    list item), pydantic's "Value error, " dropped; the first problem is the param."""
+    bad = {
+        "tau": 2.0,
+        "confidence": {"window": 0},
+        "sampling": {"temperature": -1, "stop": ["a", 3]},
+        "answer": {"patterns": ["("]},
+    }
+    with pytest.raises(ValidationError) as raised:
+        DeepConfConfig.model_validate(bad)
+    error = _settings_error(raised.value)
+    head = "invalid DeepConf settings: "
+    assert str(error).startswith(head)
+    parts = str(error).removeprefix(head).split("; ")
+    params = ["deepconf.tau", "deepconf.window", "temperature", "stop.1"]
+    # pydantic's own wording, as pydantic words it (not pinned here)
+    said = [e["msg"] for e in raised.value.errors()]
+    assert parts[:4] == [f"{param}: {msg}" for param, msg in zip(params, said, strict=False)]
+    assert parts[4].startswith("deepconf.answer.patterns: answer pattern '(' is not a valid regex")
+    assert len(parts) == 5
+    assert error.param == "deepconf.tau"
+
+
+def progress(**kw: object) -> Progress:
+    fields: dict[str, object] = {
+        "phase": "online",
+        "in_flight": 3,
+        "completed": 5,
+        "pruned": 2,
+        "failed": 1,
+        "cancelled": 4,
+        "truncated": 6,
+        "threshold": 12.5,
+        "leader": "42",
+        "beta": 0.75,
+        "tokens": 1234,
+        "launched": 21,
+        "budget": 64,
+    }
+    return Progress(**(fields | kw))  # type: ignore[arg-type]
+
+
+def test_a_progress_chunk_carries_every_count_by_name() -> None:
+    """Completed counts the traces cut at max_tokens too (they ran to their end and vote);
+    cancelled traces are not reported (the solve stopped them, they say nothing)."""
+    assert progress_payload(progress()) == {
+        "event": "progress",
+        "phase": "online",
+        "launched": 21,
+        "budget": 64,
+        "completed": 11,
+        "pruned": 2,
+        "failed": 1,
+        "in_flight": 3,
+        "leader": "42",
+        "beta": 0.75,
+        "threshold": 12.5,
+        "tokens": 1234,
+    }
+
+
+def test_a_progress_chunk_sends_null_for_a_value_json_cannot_hold() -> None:
+    payload = progress_payload(progress(beta=math.nan, threshold=None, leader=None))
+    assert (payload["beta"], payload["threshold"], payload["leader"]) == (None, None, None)
+    assert progress_payload(progress(threshold=-math.inf))["threshold"] is None
