@@ -6,6 +6,7 @@ together) answers as its first deepconf error."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -20,7 +21,7 @@ from deepconf.errors import (
     ServerError,
     StreamError,
 )
-from deepconf.serve.solve import HttpError, solve_error
+from deepconf.serve.solve import HttpError, logged_error, solve_error
 
 
 def answer(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
@@ -99,3 +100,18 @@ def test_an_http_error_defaults_to_an_invalid_request() -> None:
     )  # fmt: skip
     assert str(e) == "bad"
     assert e.body() == {"error": error("bad", "invalid_request_error")}
+
+
+def test_only_an_unexpected_failure_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 500 from a bug is logged with its stack under the request's id (the client only
+    gets "see the server log"); errors deepconf raised on purpose, a 500 included, carry
+    their own message to the client and are not logged as failures."""
+    with caplog.at_level(logging.ERROR, logger="deepconf.serve"):
+        assert logged_error(KeyError("x"), "req-1").status == 500
+        assert logged_error(DatasetError("odd"), "req-2").status == 500
+        assert logged_error(ServerError("upstream 503"), "req-3").status == 502
+    assert [r.getMessage() for r in caplog.records] == ["request req-1 failed"]
+    assert caplog.records[0].exc_info is not None
+    assert caplog.records[0].exc_info[0] is KeyError

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from deepconf.config import DeepConfConfig
 from deepconf.result import Progress
-from deepconf.serve.wire import _settings_error, progress_payload
+from deepconf.serve.wire import _settings_error, completion, progress_payload
+from deepconf.trace import TraceRecord, TraceStatus
 
 
 def test_a_settings_error_names_every_problem_by_its_request_key() -> None:
@@ -82,3 +83,25 @@ def test_a_progress_chunk_sends_null_for_a_value_json_cannot_hold() -> None:
     payload = progress_payload(progress(beta=math.nan, threshold=None, leader=None))
     assert (payload["beta"], payload["threshold"], payload["leader"]) == (None, None, None)
     assert progress_payload(progress(threshold=-math.inf))["threshold"] is None
+
+
+def test_a_completions_response_has_the_openai_shape() -> None:
+    """The legacy completions API: a text_completion whose one choice carries the chosen
+    trace's reasoning then its text (the API has no reasoning field) and its finish reason."""
+    best = TraceRecord(
+        3, "offline", TraceStatus.COMPLETED, 9, text=" so 7.", reasoning="Think.",
+        finish_reason="length",
+    )  # fmt: skip
+    usage = {"prompt_tokens": 1, "completion_tokens": 9, "total_tokens": 10}
+    assert completion("cmpl-1", 1700000000, "m", best, usage, {"answer": "7"}) == {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1700000000,
+        "model": "m",
+        "choices": [{"index": 0, "text": "Think. so 7.", "logprobs": None,
+                     "finish_reason": "length"}],
+        "usage": usage,
+        "deepconf": {"answer": "7"},
+    }  # fmt: skip
+    empty = completion("cmpl-2", 1, "m", None, usage, {})["choices"]
+    assert empty == [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]
