@@ -73,6 +73,11 @@ DEFAULT_PROBE_K = 20
 # /models answers meaning the server has no such route (a proxy, a minimal server): the
 # model name must then be given. Any other refusal (a bad key, a 5xx) is reported as is.
 NO_MODELS_ROUTE = frozenset({404, 405, 501})
+# After [DONE] the body's end (the chunked terminator, often a write of its own) follows at
+# once; reading it lets the connection go back to the pool instead of being closed, which at
+# fleet scale would mean a new TCP connection (and a TIME_WAIT socket) per trace. A server
+# that holds the body open after [DONE] costs a trace this much, then is closed as before.
+END_AFTER_DONE_S = 0.5
 
 
 class HttpBackendConfig(StrictModel):
@@ -469,6 +474,8 @@ class OpenAIHttpBackend:
                             self._take(audit, decoded)
                         if _carries_anything(decoded):
                             yield _batch(decoded)
+                    if done:
+                        await _read_to_the_end(reads)
                 finally:
                     dog.close()
         if not done:
@@ -563,3 +570,12 @@ def _raw_prompt(prompt: Prompt, system: str | None) -> str:
             "a system prompt needs --api chat; with --api completions put it in the raw prompt"
         )
     return prompt
+
+
+async def _read_to_the_end(reads: AsyncIterator[bytes]) -> None:
+    """Read what follows [DONE] (ignored) until the body ends, for END_AFTER_DONE_S at most,
+    so the connection can be reused. The trace is complete already: nothing here fails it."""
+    with contextlib.suppress(StopAsyncIteration, TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(END_AFTER_DONE_S):
+            while True:
+                await anext(reads)

@@ -912,7 +912,9 @@ async def test_max_retries_is_the_number_of_retries(scripted_server):
 
 async def test_the_backend_opens_at_most_max_connections():
     """max_connections=2: trace 1 stalls, trace 2 streams slowly; trace 3, begun meanwhile,
-    waits for a connection and takes trace 2's when it ends, rather than opening a third."""
+    waits for a connection and takes trace 2's when it ends, rather than opening a third.
+    (Trace 2 reads on past [DONE] to the body's end, so its connection is reusable: a full
+    run under load once saw a third connection when it closed after [DONE] instead.)"""
     slow = Script.from_text(" ".join(["step"] * 20) + " " + TEXT, delay=0.05)
     by_seed = {1: Script.from_text(TEXT, stall_after=1), 2: slow}
     with ScriptedServer(by_seed=by_seed) as server:
