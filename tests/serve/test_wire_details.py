@@ -12,7 +12,15 @@ from pydantic import ValidationError
 
 from deepconf.config import DeepConfConfig
 from deepconf.result import Progress
-from deepconf.serve.wire import _settings_error, completion, progress_payload
+from deepconf.serve.wire import (
+    ChatCompletionRequest,
+    DeepConfOverrides,
+    _settings_error,
+    chunk,
+    completion,
+    progress_payload,
+    request_error,
+)
 from deepconf.trace import TraceRecord, TraceStatus
 
 
@@ -105,3 +113,46 @@ def test_a_completions_response_has_the_openai_shape() -> None:
     }  # fmt: skip
     empty = completion("cmpl-2", 1, "m", None, usage, {})["choices"]
     assert empty == [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]
+
+
+def refusal(body: dict) -> tuple[str, str | None]:
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}]} | body
+    with pytest.raises(ValidationError) as raised:
+        ChatCompletionRequest.model_validate(body)
+    return request_error(raised.value)
+
+
+def test_a_refused_request_names_its_key_and_what_to_do() -> None:
+    """A missing field is named as missing; an unknown deepconf key lists the keys there
+    are; our own validators' messages come without pydantic's "Value error, "."""
+    with pytest.raises(ValidationError) as raised:
+        ChatCompletionRequest.model_validate({"model": "m"})
+    assert request_error(raised.value) == ("missing required parameter 'messages'", "messages")
+    allowed = ", ".join(DeepConfOverrides.model_fields)
+    assert allowed.startswith("mode, variant, keep_percent, budget")
+    assert refusal({"deepconf": {"windw": 3}}) == (
+        f"unknown DeepConf setting 'deepconf.windw': the deepconf object takes {allowed}",
+        "deepconf.windw",
+    )
+    assert refusal({"stop": ["a"] * 5}) == (
+        "invalid value for 'stop': at most 4 stop sequences are allowed",
+        "stop",
+    )
+
+
+def test_stream_chunks_have_the_openai_shape() -> None:
+    """Chat deltas, completions text, and the usage-only last chunk with no choices."""
+    assert chunk(True, "r", 1, "m", delta={"content": "x"}, finish="stop") == {
+        "id": "r", "created": 1, "model": "m", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": None,
+                     "finish_reason": "stop"}],
+    }  # fmt: skip
+    assert chunk(False, "r", 1, "m", delta={"text": "x"}) == {
+        "id": "r", "created": 1, "model": "m", "object": "text_completion",
+        "choices": [{"index": 0, "text": "x", "logprobs": None, "finish_reason": None}],
+    }  # fmt: skip
+    assert chunk(True, "r", 1, "m", usage_={"total_tokens": 3}, empty_choices=True,
+                 deepconf={"answer": "7"}) == {
+        "id": "r", "created": 1, "model": "m", "object": "chat.completion.chunk",
+        "choices": [], "usage": {"total_tokens": 3}, "deepconf": {"answer": "7"},
+    }  # fmt: skip
