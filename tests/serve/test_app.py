@@ -311,8 +311,8 @@ def test_a_solve_that_fails_mid_stream_ends_with_an_error_event() -> None:
         with pytest.raises(openai.APIError) as info:
             list(stream)
         assert "failed" in info.value.message
-        lines = px.wait_log(lambda d: d["outcome"] == "error")
-    assert json.loads(lines[-1])["status"] == 200  # the headers had gone out already
+        record = px.wait_log(lambda d: d["outcome"] == "error")
+    assert record["status"] == 200  # the headers had gone out already
 
 
 def test_pruned_traces_count_in_usage_and_the_log_line() -> None:
@@ -333,7 +333,7 @@ def test_pruned_traces_count_in_usage_and_the_log_line() -> None:
             seed=0,
             extra_body={"deepconf": {"budget": 4, "warmup": 2, "variant": "high"}},
         )
-        lines = px.wait_log(lambda d: d.get("traces") == 4)
+        log = px.wait_log(lambda d: d.get("traces") == 4)
     dc = r.model_extra["deepconf"]
     statuses = [t["status"] for t in dc["traces"]]
     assert statuses == ["completed", "completed", "pruned", "pruned"]
@@ -343,7 +343,6 @@ def test_pruned_traces_count_in_usage_and_the_log_line() -> None:
     pruned_tokens = sum(t["tokens"] for t in dc["traces"][2:])
     assert 0 < pruned_tokens < 2 * 31  # cut short, yet counted
     assert r.usage.completion_tokens == sum(t["tokens"] for t in dc["traces"])
-    log = json.loads(lines[-1])
     assert {k: log[k] for k in ("status", "traces", "pruned")} == {
         "status": 200,
         "traces": 4,
@@ -435,3 +434,37 @@ def test_summary_is_strict_json_even_with_non_finite_numbers() -> None:
     parsed = json.loads(json.dumps(body, allow_nan=False))
     assert parsed["threshold"] is None
     assert [t["lowest"] for t in parsed["traces"]] == [None, None]
+
+
+def streamed(px: ProxyServer, path: str, body: dict) -> tuple[httpx.Headers, bytes, list[dict]]:
+    """(headers, raw body, the JSON events before [DONE]) of one streamed request."""
+    with httpx.stream("POST", px.base_url + path, json=body, timeout=60) as r:
+        assert r.status_code == 200
+        raw = r.read()
+    payloads = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
+    assert payloads[-1] == b"[DONE]"
+    return r.headers, raw, [json.loads(p) for p in payloads[:-1]]
+
+
+def test_a_streamed_answer_opens_as_openai_streams_do() -> None:
+    """An event stream that proxies do not cache, named by the request id it carries in every
+    chunk; the first chat chunk gives the assistant role with empty content (as OpenAI's
+    does: some clients read the role from it), a completions stream's first text is empty;
+    text goes out as UTF-8, not escaped."""
+    answer = Script.from_text("So x → ∞ and the answer is \\boxed{7}.", delay=0.001)
+    budget = {"deepconf": {"budget": 2, "warmup": 2}}
+    with ScriptedServer(default=answer) as up, ProxyServer(up.base_url) as px:
+        chat_body = {"model": MODEL, "messages": ASK, "stream": True, **budget}
+        headers, raw, events = streamed(px, "/chat/completions", chat_body)
+        prompt_body = {"model": MODEL, "prompt": "What is 3+4?", "stream": True, **budget}
+        _, _, text_events = streamed(px, "/completions", prompt_body)
+    assert headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert headers["cache-control"] == "no-cache"
+    assert {e["id"] for e in events} == {headers["x-request-id"]}
+    assert events[0]["choices"] == [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+         "finish_reason": None}
+    ]  # fmt: skip
+    assert "→ ∞".encode() in raw
+    assert text_events[0]["choices"][0]["text"] == ""
+    assert text_events[0]["object"] == "text_completion"

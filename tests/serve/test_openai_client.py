@@ -216,7 +216,8 @@ def test_too_many_concurrent_solves_get_429_with_retry_after() -> None:
         assert info.value.response.headers["retry-after"] == "3"
         assert info.value.code == "too_many_solves"
         first.close()
-        assert proxy.wait_log(lambda d: d["outcome"] == "client_disconnected")
+        record = proxy.wait_log(lambda d: d["outcome"] == "client_disconnected")
+        assert (record["status"], record["stream"]) == (499, True)
         up.default = ANSWER
         r = c.chat.completions.create(model=MODEL, messages=ASK)
         assert r.model_extra["deepconf"]["answer"] == "7"
@@ -236,8 +237,7 @@ def test_streaming_disconnect_closes_every_upstream_stream() -> None:
         stream.close()
         assert up.wait_for(lambda: all(s.disconnected for s in traces_of(up)), timeout=5)
         assert not any(s.finished for s in traces_of(up))
-        lines = px.wait_log(lambda d: d["outcome"] == "client_disconnected")
-    record = json.loads(lines[-1])
+        record = px.wait_log(lambda d: d["outcome"] == "client_disconnected")
     assert record["status"] == 499 and record["stream"] is True
 
 
@@ -251,7 +251,8 @@ def test_plain_request_disconnect_closes_every_upstream_stream() -> None:
             )
         assert up.wait_for(lambda: all(s.disconnected for s in traces_of(up)), timeout=5)
         assert len(traces_of(up)) == 2 and not any(s.finished for s in traces_of(up))
-        assert px.wait_log(lambda d: d["outcome"] == "client_disconnected")
+        record = px.wait_log(lambda d: d["outcome"] == "client_disconnected")
+        assert (record["status"], record["stream"]) == (499, False)
 
 
 def test_serve_command_runs_a_server_with_flag_defaults_and_json_logs() -> None:

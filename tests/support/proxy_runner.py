@@ -80,11 +80,15 @@ class ProxyServer(LoopbackServer):
     def __enter__(self) -> ProxyServer:
         return self.start()
 
-    def wait_log(self, predicate: Any, timeout: float = 5.0) -> list[str]:
-        """Wait until some log line satisfies `predicate(dict)`; return all lines."""
+    def wait_log(self, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
+        """The first log line (as a dict) that satisfies `predicate(dict)`, waiting for it up
+        to `timeout` seconds; an AssertionError that shows every line if none comes."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(predicate(json.loads(line)) for line in list(self.logs.lines)):
-                break
+        while True:
+            for line in list(self.logs.lines):
+                record = json.loads(line)
+                if predicate(record):
+                    return record
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no log line matched; the lines: {self.logs.lines}")
             time.sleep(0.01)
-        return list(self.logs.lines)
