@@ -16,6 +16,7 @@ from deepconf.serve.wire import (
     ChatCompletionRequest,
     DeepConfOverrides,
     _settings_error,
+    chat_completion,
     chunk,
     completion,
     progress_payload,
@@ -156,3 +157,30 @@ def test_stream_chunks_have_the_openai_shape() -> None:
         "id": "r", "created": 1, "model": "m", "object": "chat.completion.chunk",
         "choices": [], "usage": {"total_tokens": 3}, "deepconf": {"answer": "7"},
     }  # fmt: skip
+
+
+def test_a_chat_completion_has_the_openai_shape() -> None:
+    """The chosen trace's text as the assistant's content, its reasoning (when the upstream
+    split it off) as reasoning_content, and its finish reason; without a trace, empty."""
+    best = TraceRecord(
+        3, "offline", TraceStatus.COMPLETED, 9, text="so 7.", reasoning="Think.",
+        finish_reason="length",
+    )  # fmt: skip
+    usage = {"prompt_tokens": 1, "completion_tokens": 9, "total_tokens": 10}
+    assert chat_completion("chatcmpl-1", 1700000000, "m", best, usage, {"answer": "7"}) == {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "m",
+        "choices": [{"index": 0, "logprobs": None, "finish_reason": "length",
+                     "message": {"role": "assistant", "content": "so 7.",
+                                 "reasoning_content": "Think."}}],
+        "usage": usage,
+        "deepconf": {"answer": "7"},
+    }  # fmt: skip
+    plain = TraceRecord(4, "offline", TraceStatus.COMPLETED, 2, text="7")
+    choice = chat_completion("c", 1, "m", plain, usage, {})["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "7"}
+    assert choice["finish_reason"] == "stop"
+    empty = chat_completion("c", 1, "m", None, usage, {})["choices"][0]["message"]
+    assert empty == {"role": "assistant", "content": ""}
