@@ -5,7 +5,9 @@ against the real app on loopback in front of the scripted upstream server."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
 import socket
 import time
 
@@ -468,3 +470,43 @@ def test_a_streamed_answer_opens_as_openai_streams_do() -> None:
     assert "→ ∞".encode() in raw
     assert text_events[0]["choices"][0]["text"] == ""
     assert text_events[0]["object"] == "text_completion"
+
+
+def test_the_summary_names_every_field_and_sends_null_for_non_finite_values() -> None:
+    """The response's `deepconf` object, field by field: a vote weight, beta, threshold or a
+    trace's lowest confidence that is NaN or infinite goes out as null (JSON has neither)."""
+    traces = [record(0, "7", 12.0), record(1, "8", math.nan, status="pruned", tokens=4)]
+    result = dataclasses.replace(
+        result_of(traces, "7"),
+        votes=[VoteRow("7", 1, 2.5), VoteRow("8", 1, math.inf)],
+        beta=0.6,
+        threshold=math.nan,
+    )
+    assert wire.summary(result, traces[0], 5) == {
+        "answer": "7",
+        "majority": {"agrees": False, "answer": None, "votes": []},
+        "votes": [
+            {"answer": "7", "count": 1, "weight": 2.5},
+            {"answer": "8", "count": 1, "weight": None},
+        ],
+        "beta": 0.6,
+        "threshold": None,
+        "stop_reason": "budget",
+        "fallback": None,
+        "mode": "online",
+        "variant": "low",
+        "policy": None,
+        "offline_method": None,
+        "unjudged_answers": 0,
+        "tokens": {"warmup": 14, "online": 0, "offline": 0, "total": 14},
+        "prompt_tokens_per_trace": 5,
+        "wall_time": 0.1,
+        "chosen_trace": 0,
+        "traces": [
+            {"index": 0, "phase": "warmup", "status": "completed", "tokens": 10,
+             "answer": "7", "lowest": 12.0},
+            {"index": 1, "phase": "warmup", "status": "pruned", "tokens": 4,
+             "answer": "8", "lowest": None},
+        ],
+    }  # fmt: skip
+    assert wire.summary(result, None, None)["chosen_trace"] is None
