@@ -510,3 +510,33 @@ def test_the_summary_names_every_field_and_sends_null_for_non_finite_values() ->
         ],
     }  # fmt: skip
     assert wire.summary(result, None, None)["chosen_trace"] is None
+
+
+def test_a_plain_solve_that_fails_answers_with_the_error_and_logs_it() -> None:
+    """Every trace breaking upstream, not streamed: the client gets the mapped error (502,
+    upstream_unavailable, the cause quoted) and the request's log line says so."""
+    broken = Script.from_text("one two three four \\boxed{7}", error_after=2, delay=0.001)
+    choose = lambda n, body: broken if "seed" in body else None  # noqa: E731
+    with ScriptedServer(default=ANSWER, choose=choose) as up, ProxyServer(up.base_url) as px:
+        body = {"model": MODEL, "messages": ASK, "seed": 0, "deepconf": {"budget": 2}}
+        r = httpx.post(px.base_url + "/chat/completions", json=body, timeout=60)
+        log = px.wait_log(lambda d: d["outcome"] != "ok")
+    error = r.json()["error"]
+    assert r.status_code == 502
+    assert (error["type"], error["code"]) == ("upstream_error", "upstream_unavailable")
+    assert "failed" in error["message"]
+    assert (log["status"], log["outcome"], log["error"]) == (502, "error", error["message"])
+    assert log["stream"] is False
+
+
+def test_a_plain_answer_names_its_request_model_and_time_and_logs_ok() -> None:
+    with ScriptedServer(default=ANSWER) as up, ProxyServer(up.base_url) as px:
+        before = int(time.time())
+        body = {"model": MODEL, "messages": ASK, "deepconf": {"budget": 2, "warmup": 2}}
+        r = httpx.post(px.base_url + "/chat/completions", json=body, timeout=60)
+        after = int(time.time())
+        log = px.wait_log(lambda d: d["status"] == 200)
+    answer = r.json()
+    assert r.status_code == 200 and r.headers["x-request-id"] == answer["id"] == log["id"]
+    assert answer["model"] == MODEL and before <= answer["created"] <= after
+    assert (log["outcome"], log["stream"], log["traces"]) == ("ok", False, 2)
