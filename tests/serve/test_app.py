@@ -315,6 +315,7 @@ def test_a_solve_that_fails_mid_stream_ends_with_an_error_event() -> None:
         assert "failed" in info.value.message
         record = px.wait_log(lambda d: d["outcome"] == "error")
     assert record["status"] == 200  # the headers had gone out already
+    assert record["error"] == info.value.message and record["stream"] is True
 
 
 def test_pruned_traces_count_in_usage_and_the_log_line() -> None:
@@ -540,3 +541,19 @@ def test_a_plain_answer_names_its_request_model_and_time_and_logs_ok() -> None:
     assert r.status_code == 200 and r.headers["x-request-id"] == answer["id"] == log["id"]
     assert answer["model"] == MODEL and before <= answer["created"] <= after
     assert (log["outcome"], log["stream"], log["traces"]) == ("ok", False, 2)
+
+
+def test_a_streamed_answer_sends_reasoning_then_content_and_logs_ok() -> None:
+    """The chosen trace's reasoning (split off upstream) goes out as its own
+    reasoning_content delta before the content, and the request logs one ok line."""
+    thinking = Script.from_text("So \\boxed{7}.", reasoning="Three and four.", delay=0.001)
+    with ScriptedServer(default=thinking) as up, ProxyServer(up.base_url) as px:
+        body = {"model": MODEL, "messages": ASK, "stream": True}
+        headers, _, events = streamed(px, "/chat/completions", body | {"deepconf": {"budget": 2}})
+        log = px.wait_log(lambda d: d["status"] == 200)
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    said = [d for d in deltas if "reasoning_content" in d or d.get("content")]
+    assert said == [{"reasoning_content": "Three and four."}, {"content": "So \\boxed{7}."}]
+    assert (log["id"], log["outcome"], log["stream"], log["traces"]) == (
+        headers["x-request-id"], "ok", True, 2,
+    )  # fmt: skip
