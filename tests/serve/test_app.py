@@ -55,6 +55,17 @@ def test_request_fields_override_server_defaults() -> None:
     assert s.top_p == defaults.sampling.top_p  # unset in the request: the server's
 
 
+def test_sampling_fields_reach_the_config_top_k_included() -> None:
+    """top_k is not OpenAI's but vLLM's and SGLang's: a request that sets it gets it."""
+    sampling = (
+        chat(top_k=5, top_p=0.9, temperature=0.3, seed=4, stop="x")
+        .to_config(DeepConfConfig())
+        .sampling
+    )
+    assert (sampling.top_k, sampling.top_p, sampling.temperature) == (5, 0.9, 0.3)
+    assert (sampling.seed, sampling.stop) == (4, ["x"])
+
+
 def test_small_budget_shrinks_the_default_warmup_but_not_an_explicit_one() -> None:
     """A request budget below the server's warm-up count lowers the warm-up to fit; an
     explicit warm-up above the budget is a SettingsError naming deepconf."""
@@ -147,6 +158,16 @@ def test_best_trace_fallbacks() -> None:
     cut = [record(0, None, 4.0, "cancelled", 3), record(1, None, 1.0, "pruned", 8)]
     assert wire.best_trace(result_of(cut, None), "lowest").index == 1
     assert wire.best_trace(result_of([], None), "lowest") is None
+
+
+def test_a_trace_without_a_finite_confidence_is_chosen_last() -> None:
+    """A NaN or infinite confidence, or none at all, ranks below any finite one, however
+    low: a trace the metric cannot judge never represents the vote over one it can."""
+    judged = record(0, "7", -50.0)
+    for unjudged in (record(1, "7", math.nan), record(1, "7", math.inf)):
+        assert wire.best_trace(result_of([unjudged, judged], "7"), "lowest") is judged
+    bare = dataclasses.replace(record(1, "7", 0.0), metrics=None)
+    assert wire.best_trace(result_of([bare, judged], "7"), "lowest") is judged
 
 
 def test_usage_counts_every_trace() -> None:
@@ -477,11 +498,13 @@ def test_the_summary_names_every_field_and_sends_null_for_non_finite_values() ->
     """The response's `deepconf` object, field by field: a vote weight, beta, threshold or a
     trace's lowest confidence that is NaN or infinite goes out as null (JSON has neither)."""
     traces = [record(0, "7", 12.0), record(1, "8", math.nan, status="pruned", tokens=4)]
+    traces.append(TraceRecord(2, "online", TraceStatus.FAILED, 3))  # no metrics
     result = dataclasses.replace(
         result_of(traces, "7"),
         votes=[VoteRow("7", 1, 2.5), VoteRow("8", 1, math.inf)],
         beta=0.6,
         threshold=math.nan,
+        wall_time=0.123456,
     )
     assert wire.summary(result, traces[0], 5) == {
         "answer": "7",
@@ -499,15 +522,17 @@ def test_the_summary_names_every_field_and_sends_null_for_non_finite_values() ->
         "policy": None,
         "offline_method": None,
         "unjudged_answers": 0,
-        "tokens": {"warmup": 14, "online": 0, "offline": 0, "total": 14},
+        "tokens": {"warmup": 14, "online": 3, "offline": 0, "total": 17},
         "prompt_tokens_per_trace": 5,
-        "wall_time": 0.1,
+        "wall_time": 0.1235,
         "chosen_trace": 0,
         "traces": [
             {"index": 0, "phase": "warmup", "status": "completed", "tokens": 10,
              "answer": "7", "lowest": 12.0},
             {"index": 1, "phase": "warmup", "status": "pruned", "tokens": 4,
              "answer": "8", "lowest": None},
+            {"index": 2, "phase": "online", "status": "failed", "tokens": 3,
+             "answer": None, "lowest": None},
         ],
     }  # fmt: skip
     assert wire.summary(result, None, None)["chosen_trace"] is None
