@@ -1,15 +1,20 @@
 """Every error a solve can raise maps to one HTTP answer that the openai client turns into
 the right typed exception: status, OpenAI error type, code and param, the headers a client
 backs off by, and a message that quotes the cause. A group of errors (traces failing
-together) answers as its first deepconf error."""
+together) answers as its first deepconf error. Beside them, the one detail of a solve's
+metering a client can misread: prompt tokens never reported stay unknown."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
 import pytest
+from support.fake_backend import FakeBackend, Script
 
+from deepconf.backend import TraceRequest
+from deepconf.config import SamplingConfig
 from deepconf.errors import (
     BackendError,
     CapabilityError,
@@ -21,7 +26,7 @@ from deepconf.errors import (
     ServerError,
     StreamError,
 )
-from deepconf.serve.solve import HttpError, logged_error, solve_error
+from deepconf.serve.solve import HttpError, Metered, logged_error, solve_error
 
 
 def answer(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
@@ -115,3 +120,15 @@ def test_only_an_unexpected_failure_is_logged_with_its_traceback(
     assert [r.getMessage() for r in caplog.records] == ["request req-1 failed"]
     assert caplog.records[0].exc_info is not None
     assert caplog.records[0].exc_info[0] is KeyError
+
+
+async def test_prompt_tokens_stay_unknown_until_the_upstream_reports_them() -> None:
+    """An upstream that sends no usage leaves prompt_tokens_per_trace null in the summary
+    (not 0, not ""), so a client can tell "not reported" from "free"."""
+    fake = FakeBackend(default=Script(n=3))
+    metered = Metered(fake)
+    assert metered.prompt_tokens is None
+    request = TraceRequest(0, "q", SamplingConfig(), top_logprobs=4)
+    async with contextlib.aclosing(metered.stream(request)) as stream:
+        assert sum([b.n_tokens async for b in stream]) == 3
+    assert metered.prompt_tokens is None
