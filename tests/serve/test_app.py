@@ -566,6 +566,16 @@ def test_a_plain_answer_names_its_request_model_and_time_and_logs_ok() -> None:
     assert r.status_code == 200 and r.headers["x-request-id"] == answer["id"] == log["id"]
     assert answer["model"] == MODEL and before <= answer["created"] <= after
     assert (log["outcome"], log["stream"], log["traces"]) == ("ok", False, 2)
+    assert log["endpoint"] == "/v1/chat/completions"
+
+
+def test_a_completions_request_logs_its_own_path() -> None:
+    with ScriptedServer(default=ANSWER) as up, ProxyServer(up.base_url) as px:
+        body = {"model": MODEL, "prompt": "What is 3+4?", "deepconf": {"budget": 2}}
+        r = httpx.post(px.base_url + "/completions", json=body, timeout=60)
+        log = px.wait_log(lambda d: d["status"] == 200)
+    assert r.json()["object"] == "text_completion"
+    assert (log["endpoint"], log["id"]) == ("/v1/completions", r.json()["id"])
 
 
 def test_a_streamed_answer_sends_reasoning_then_content_and_logs_ok() -> None:
