@@ -536,6 +536,7 @@ def test_the_summary_names_every_field_and_sends_null_for_non_finite_values() ->
         ],
     }  # fmt: skip
     assert wire.summary(result, None, None)["chosen_trace"] is None
+    assert wire.summary(dataclasses.replace(result, threshold=12.5), None, 5)["threshold"] == 12.5
 
 
 def test_a_plain_solve_that_fails_answers_with_the_error_and_logs_it() -> None:
