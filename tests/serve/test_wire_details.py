@@ -94,25 +94,32 @@ def test_a_progress_chunk_sends_null_for_a_value_json_cannot_hold() -> None:
     assert progress_payload(progress(threshold=-math.inf))["threshold"] is None
 
 
+USAGE = {"prompt_tokens": 1, "completion_tokens": 9, "total_tokens": 10}
+
+
+def chosen(text: str) -> TraceRecord:
+    """A chosen trace whose reasoning the upstream split off, cut at max_tokens."""
+    return TraceRecord(
+        3, "offline", TraceStatus.COMPLETED, 9, text=text, reasoning="Think.",
+        finish_reason="length",
+    )  # fmt: skip
+
+
 def test_a_completions_response_has_the_openai_shape() -> None:
     """The legacy completions API: a text_completion whose one choice carries the chosen
     trace's reasoning then its text (the API has no reasoning field) and its finish reason."""
-    best = TraceRecord(
-        3, "offline", TraceStatus.COMPLETED, 9, text=" so 7.", reasoning="Think.",
-        finish_reason="length",
-    )  # fmt: skip
-    usage = {"prompt_tokens": 1, "completion_tokens": 9, "total_tokens": 10}
-    assert completion("cmpl-1", 1700000000, "m", best, usage, {"answer": "7"}) == {
+    best = chosen(" so 7.")
+    assert completion("cmpl-1", 1700000000, "m", best, USAGE, {"answer": "7"}) == {
         "id": "cmpl-1",
         "object": "text_completion",
         "created": 1700000000,
         "model": "m",
         "choices": [{"index": 0, "text": "Think. so 7.", "logprobs": None,
                      "finish_reason": "length"}],
-        "usage": usage,
+        "usage": USAGE,
         "deepconf": {"answer": "7"},
     }  # fmt: skip
-    empty = completion("cmpl-2", 1, "m", None, usage, {})["choices"]
+    empty = completion("cmpl-2", 1, "m", None, USAGE, {})["choices"]
     assert empty == [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]
 
 
@@ -162,12 +169,8 @@ def test_stream_chunks_have_the_openai_shape() -> None:
 def test_a_chat_completion_has_the_openai_shape() -> None:
     """The chosen trace's text as the assistant's content, its reasoning (when the upstream
     split it off) as reasoning_content, and its finish reason; without a trace, empty."""
-    best = TraceRecord(
-        3, "offline", TraceStatus.COMPLETED, 9, text="so 7.", reasoning="Think.",
-        finish_reason="length",
-    )  # fmt: skip
-    usage = {"prompt_tokens": 1, "completion_tokens": 9, "total_tokens": 10}
-    assert chat_completion("chatcmpl-1", 1700000000, "m", best, usage, {"answer": "7"}) == {
+    best = chosen("so 7.")
+    assert chat_completion("chatcmpl-1", 1700000000, "m", best, USAGE, {"answer": "7"}) == {
         "id": "chatcmpl-1",
         "object": "chat.completion",
         "created": 1700000000,
@@ -175,12 +178,12 @@ def test_a_chat_completion_has_the_openai_shape() -> None:
         "choices": [{"index": 0, "logprobs": None, "finish_reason": "length",
                      "message": {"role": "assistant", "content": "so 7.",
                                  "reasoning_content": "Think."}}],
-        "usage": usage,
+        "usage": USAGE,
         "deepconf": {"answer": "7"},
     }  # fmt: skip
     plain = TraceRecord(4, "offline", TraceStatus.COMPLETED, 2, text="7")
-    choice = chat_completion("c", 1, "m", plain, usage, {})["choices"][0]
+    choice = chat_completion("c", 1, "m", plain, USAGE, {})["choices"][0]
     assert choice["message"] == {"role": "assistant", "content": "7"}
     assert choice["finish_reason"] == "stop"
-    empty = chat_completion("c", 1, "m", None, usage, {})["choices"][0]["message"]
+    empty = chat_completion("c", 1, "m", None, USAGE, {})["choices"][0]["message"]
     assert empty == {"role": "assistant", "content": ""}
