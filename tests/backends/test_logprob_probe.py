@@ -92,8 +92,12 @@ async def test_a_probe_that_saw_no_token_twice_returns_none_and_says_so(caplog) 
 
 
 async def test_a_probe_that_saw_text_without_logprobs_counts_every_character() -> None:
-    """Text and reasoning without any logprob: refused at once, counting both kinds."""
-    batches = [TokenBatch(rows(0, 0), text="abc", reasoning="de")]
+    """Text and reasoning without any logprob: refused at once, counting both kinds over
+    every batch."""
+    batches = [
+        TokenBatch(rows(0), text="ab", reasoning="d"),
+        TokenBatch(rows(0), text="c", reasoning="e"),
+    ]
     stream, requests = streamer(batches)
     with pytest.raises(CapabilityError) as info:
         await probe_logprobs(stream, "chat", 5, WHERE)
