@@ -415,6 +415,17 @@ def test_prepared_other_window_uses_recorded_tail_and_bottom() -> None:
     assert pool.prepared(2) is prepared
 
 
+def test_the_recorded_window_passed_explicitly_reuses_the_recorded_metrics() -> None:
+    """--window equal to the recorded window is the recorded run: its recorded (unrounded)
+    metrics stand, as with no --window; any other window recomputes them."""
+    confs = [float(c) for c in (9, 3, 8, 1, 7, 6, 2, 9)]
+    recorded = trace_metrics(np.asarray([99.0, 99.0]), 2)  # told apart from a recomputation
+    for window in (None, 4):  # a fresh pool each: prepared() caches by window
+        pool = pool_of([PoolTrace("7", np.asarray(confs), metrics=recorded)], window=4)
+        assert pool.prepared(window).metrics == [recorded]
+    assert pool.prepared(2).metrics == [trace_metrics(np.asarray(confs), 2)]
+
+
 def test_prepared_pool_build_arrays() -> None:
     """build: answer classes in first-seen order (-1 for none), metrics computed (recorded
     ones ignored by default) with the given bottom fraction, None for a trace with no
