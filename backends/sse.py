@@ -256,8 +256,6 @@ def top_k_matrix(rows: list[list[float | None]], k: int) -> np.ndarray:
     """
     if not rows:
         return np.empty((0, k))
-    if _full(rows, k):
-        return _full_matrix(rows)
     width = k
     for i, row in enumerate(rows):
         n = len(row)

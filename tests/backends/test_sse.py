@@ -62,13 +62,8 @@ def sse(*objs) -> bytes:
 
 def assert_same(a, b):
     np.testing.assert_array_equal(a.top_logprobs, b.top_logprobs)
-    assert (a.text, a.reasoning, a.finish_reason, a.usage, a.done) == (
-        b.text,
-        b.reasoning,
-        b.finish_reason,
-        b.usage,
-        b.done,
-    )
+    fields = ("text", "reasoning", "finish_reason", "usage", "done", "empty_rows", "unscored")
+    assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
 
 
 # --- framing -----------------------------------------------------------------------------------
@@ -168,6 +163,42 @@ def test_decoder_matches_reference_on_any_stream_and_split(case):
     line over many reads), the incremental decoder gives exactly the reference's payloads."""
     stream, cuts = case
     assert feed_all(SSEDecoder(), stream, cuts) == sse_events_reference(stream)
+
+
+@st.composite
+def server_streams(draw):
+    """What vLLM and SGLang send: events of one data line (some of several), each ended by a
+    blank line, cut into reads mostly at line ends, where the decoder's one-step path for
+    whole events applies, and sometimes anywhere."""
+    data = _value.map(lambda v: b"data: " + v.encode())
+    events = draw(st.lists(st.lists(data, min_size=1, max_size=3), max_size=10))
+    stream, line_ends = b"", []
+    for line in (line for event in events for line in (*event, b"")):
+        stream += line + b"\n"
+        line_ends.append(len(stream))
+    anywhere = st.integers(0, len(stream))
+    cut = st.sampled_from(line_ends) if line_ends else anywhere
+    return stream, draw(st.lists(st.one_of(cut, cut, cut, anywhere), max_size=10))
+
+
+@given(server_streams())
+@settings(max_examples=300, deadline=None)
+def test_decoder_matches_reference_on_server_shaped_streams(case):
+    """The shape real servers send, read at line ends: a read that holds whole events takes
+    one step per event, and an event of several data lines, or one a read leaves open, is
+    still framed exactly as the reference frames it."""
+    stream, cuts = case
+    assert feed_all(SSEDecoder(), stream, cuts) == sse_events_reference(stream)
+
+
+def test_an_event_of_two_data_lines_split_after_its_first_line():
+    """A read that ends after an event's first data line leaves the event open; the rest of
+    it comes in the next read (joined with LF), and whole events around it are not merged."""
+    dec = SSEDecoder()
+    assert dec.feed(b"data: x\n\ndata: a\n") == [b"x"]
+    assert dec.feed(b"data: b\n\ndata: y\n\n") == [b"a\nb", b"y"]
+    assert dec.feed(b"data: a\n\ndata: b\ndata: c\n") == [b"a"]
+    assert dec.feed(b"\n") == [b"b\nc"]
 
 
 @given(event_streams(), st.integers(1, 64))
@@ -371,6 +402,29 @@ def test_fast_decoder_matches_reference(case):
 
 # --- pinned by mutation testing (.ci/mutation) ---------------------------------------------------
 # Each test below failed on a mutant of backends/sse.py that every test above let through.
+
+
+def test_a_read_of_many_tokens_without_logprob_entries_has_as_many_empty_rows():
+    """Nine tokens with empty top_logprobs in one read (past the read size where numpy
+    checks the rows): nine all-NaN rows, counted as empty, exactly as the reference."""
+    payloads = [json.dumps(chat_chunk([("t", [])] * 9)).encode()]
+    fast = decode_payloads(payloads, K)
+    assert fast.top_logprobs.shape == (9, K) and np.isnan(fast.top_logprobs).all()
+    assert fast.empty_rows == 9
+    assert_same(fast, decode_payloads_reference(payloads, K))
+
+
+@pytest.mark.parametrize("n", [2, 9], ids=["few-rows", "many-rows"])
+def test_a_positive_logprob_in_full_rows_is_clamped_to_zero(n):
+    """A logprob above 0 (0.5: a server bug or rounding) is clamped to 0 whether the read is
+    checked row by row (a few tokens) or by numpy (many), and nothing else moves."""
+    tops = [[-0.1 * (j + 1) for j in range(K)] for _ in range(n)]
+    tops[1][2] = 0.5
+    payloads = [json.dumps(chat_chunk([("t", row) for row in tops])).encode()]
+    fast = decode_payloads(payloads, K)
+    assert fast.top_logprobs[1].tolist() == [0.0, *[-0.1 * (j + 1) for j in range(K) if j != 2]]
+    assert fast.top_logprobs[0].tolist() == tops[0]
+    assert_same(fast, decode_payloads_reference(payloads, K))
 
 
 @pytest.mark.parametrize(
