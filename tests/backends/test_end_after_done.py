@@ -41,9 +41,10 @@ def chunked(data: bytes) -> bytes:
 
 class RawServer:
     """Answers every request on a connection with one scored token, then [DONE]; then the
-    body's terminator `end_after` seconds later (None: never). Counts connections."""
+    body's terminator `end_after` seconds later (None: never; "cut": the connection closed
+    instead, the body left incomplete). Counts connections."""
 
-    def __init__(self, end_after: float | None) -> None:
+    def __init__(self, end_after: float | str | None) -> None:
         self.end_after = end_after
         self.connections = 0
         self.closed_by_client = 0
@@ -74,11 +75,13 @@ class RawServer:
                 writer.write(HEAD + chunked(b"data: " + json.dumps(CHUNK).encode() + b"\n\n"))
                 writer.write(chunked(b"data: [DONE]\n\n"))
                 await writer.drain()
+                if self.end_after == "cut":
+                    return  # closed mid-body: the client's read after [DONE] fails
                 if self.end_after is None:
                     await reader.read()  # hold the body open until the client goes away
                     self.closed_by_client += 1
                     return
-                await asyncio.sleep(self.end_after)
+                await asyncio.sleep(float(self.end_after))
                 writer.write(b"0\r\n\r\n")
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -131,3 +134,19 @@ async def test_a_body_held_open_after_done_costs_the_grace_and_then_closes(
                 break
             await asyncio.sleep(0.01)
     assert (server.requests, server.connections, server.closed_by_client) == (2, 2, 2)
+
+
+async def test_a_body_cut_after_done_still_counts_the_trace() -> None:
+    """A connection closed after [DONE] without the body's terminator is a protocol error in
+    the read after [DONE]: the trace is complete already, so it counts, and the next trace
+    opens a new connection."""
+    async with RawServer(end_after="cut") as server:
+        backend = backend_for(server)
+        try:
+            for _ in range(2):
+                batches = await trace(backend)
+                assert [b.finish_reason for b in batches if b.finish_reason] == ["stop"]
+                assert sum(b.n_tokens for b in batches) == 1
+        finally:
+            await backend.aclose()
+    assert (server.requests, server.connections) == (2, 2)

@@ -672,6 +672,21 @@ async def test_model_discovery_reports_a_refused_models_request_as_the_refusal()
     assert said.endswith("): pass --model (model= in HttpBackendConfig)")
 
 
+async def test_model_discovery_refused_by_one_server_and_unreachable_at_another():
+    """Every base URL failed, none for want of a model name (one refused, one down): the
+    error quotes each failure in order, as a ConfigError, with no word of --model."""
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with models_server(_ModelsRefused) as url, pytest.raises(ConfigError) as info:
+        await OpenAIHttpBackend(HttpBackendConfig(base_urls=[url, dead], probe=False)).open()
+    said = str(info.value)
+    assert said.startswith(
+        f"no base URL gave a model: {url} rejected the request (HTTP 401): Invalid API key;"
+        f" check --api-key or $OPENAI_API_KEY; cannot connect to {dead} ("
+    )
+    assert said.endswith("start the server or fix --base-url") and "--model" not in said
+    assert not isinstance(info.value, ConnectError)
+
+
 class _NoModelsRoute(_ModelsRefused):
     status = 404
 
