@@ -456,13 +456,9 @@ class SolveRun:
         self.table = self.majority()
         self._progress()
 
-    def revote(self, voters: list[TraceRecord], weights: list[float] | None = None) -> VoteTable:
-        """Recount the weighted vote of `voters` (weights: the policy's, one per voter;
-        None: lowest-group confidence)."""
-        answers = [r.answer for r in voters]
-        if weights is None:
-            weights = [r.metrics.lowest if r.metrics is not None else 0.0 for r in voters]
-        self.table = vote(answers, weights, keys=self.keys)
+    def revote(self, voters: list[TraceRecord], weights: list[float]) -> VoteTable:
+        """Recount the weighted vote of `voters` (weights: the policy's, one per voter)."""
+        self.table = vote([r.answer for r in voters], weights, keys=self.keys)
         self._progress()
         return self.table
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from support.fake_backend import FakeBackend, Script, make_config
 
-from deepconf.controller import DeepConf
+from deepconf.controller import DeepConf, SolveRun
 from deepconf.trace import TraceStatus
+from deepconf.voting import AnswerKeys
 
 
 @pytest.mark.parametrize(
@@ -334,3 +335,21 @@ async def test_a_token_budget_spent_inside_the_warm_up_leaves_no_vote_and_says_s
         " completion gave an answer."
     )
     assert result.policy is not None and result.policy["name"] == "deepconf-low"
+
+
+async def test_every_vote_of_a_solve_keys_answers_with_the_solves_own_answer_keys() -> None:
+    """A solve's answer keys carry its symbolic-comparison budget: once it is spent, 0.5 and
+    1/2 stay apart for the whole solve. The warm-up's provisional majority (in the progress
+    snapshots) and the weighted vote both use those keys, so they agree with the policy's
+    view; a fresh AnswerKeys per vote would judge 0.5 == 1/2 again and merge them."""
+    answers = ["0.5", "1/2", "0.5"]
+    fake = FakeBackend(default=lambda i: Script(conf=15.0, n=8, answer=answers[i % 3]))
+    betas: list[float] = []
+    run = SolveRun(
+        fake, make_config(budget=3, warmup=3), "q", on_progress=lambda p: betas.append(p.beta)
+    )
+    run.keys = AnswerKeys(symbolic_budget=0.0)  # spent: plain-text comparison only
+    result = await run.run()
+    assert [(v.answer, v.count) for v in result.votes] == [("0.5", 2), ("1/2", 1)]
+    assert result.unjudged_answers == 2
+    assert 0.5 in betas  # after 0.5 and 1/2: two answers, where merged ones would be 1.0

@@ -22,6 +22,7 @@ from deepconf.controller import DeepConf, give_up
 from deepconf.errors import (
     BackendError,
     CapabilityError,
+    ConfigError,
     ConnectError,
     RateLimitedError,
     RequestRejectedError,
@@ -363,3 +364,27 @@ async def test_each_request_asks_for_the_configured_k() -> None:
     )
     await DeepConf(backend, cfg).solve("q")
     assert [r.top_logprobs for r in backend.requests] == [5]
+
+
+def test_the_backends_model_card_fills_what_the_config_leaves_unset() -> None:
+    """The bundled engine carries its model card (`defaults`): DeepConf takes the card's
+    window where the user set none, and keeps a window the user set, even one equal to the
+    default."""
+    fake = FakeBackend(default=Script())
+    fake.defaults = {"window": 8}  # type: ignore[attr-defined]
+    assert DeepConf(fake).config.confidence.window == 8
+    assert DeepConf(FakeBackend(default=Script())).config.confidence.window == 2048
+    mine = DeepConfConfig(confidence=ConfidenceConfig(window=2048))
+    assert DeepConf(fake, mine).config.confidence.window == 2048
+
+
+async def test_an_unwritable_trace_file_stops_the_solve_before_any_trace(tmp_path) -> None:
+    """The trace file opens before the first trace is sent: a path that cannot be written
+    (here, under a regular file) is a ConfigError that names it, with no GPU time spent."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    fake = FakeBackend(default=Script())
+    engine = DeepConf(fake, make_config(), trace_path=blocker / "traces.jsonl")
+    with pytest.raises(ConfigError, match=r"cannot write the trace file .*not-a-folder"):
+        await engine.solve("q")
+    assert fake.requests == []
