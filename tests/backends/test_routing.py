@@ -257,3 +257,25 @@ def test_retry_after_wins_is_capped_and_zero_means_now() -> None:
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
     """Seconds, zero included; a negative value or an HTTP date is no advice (None)."""
     assert parse_retry_after(header) == seconds
+
+
+def test_an_endpoint_ejected_while_ahead_keeps_its_lead() -> None:
+    """Only an endpoint that fell behind while out is moved up to the rotation: one that
+    was ahead when ejected (a took traces while b held a long one) is not moved back, so
+    on its return b catches up first."""
+    clock = Clock()
+    pool = EndpointPool(["a", "b"], clock=clock)
+    assert pool.acquire() == "a"
+    pool.release("a")
+    assert pool.acquire() == "b"  # held: a takes the next ones
+    assert one_at_a_time(pool, 4) == ["a"] * 4  # a has served 5, b 1
+    pool.release("b")
+    eject(pool, "a")
+    assert one_at_a_time(pool, 2) == ["b", "b"]  # b: 3
+    clock.now = COOLDOWN_S
+    assert one_at_a_time(pool, 6) == ["b", "b", "a", "b", "a", "b"]
+
+
+def test_split_weight_reads_the_weight_after_the_last_hash() -> None:
+    """A '#' before the weight stays in the URL (httpx drops a fragment before sending)."""
+    assert split_weight("http://a:8000/v1#x#3") == ("http://a:8000/v1#x", 3.0)
