@@ -6,6 +6,7 @@ deadline that passes while the reader is elsewhere raises at its next read."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -103,3 +104,53 @@ async def test_a_timeout_leaves_the_task_uncancelled_for_its_next_await() -> Non
     dog.close()
     await asyncio.sleep(0.01)  # not cancelled
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+# --- pinned by mutation testing (.ci/mutation) ---------------------------------------------------
+
+
+async def test_a_finite_deadline_after_an_infinite_one_is_kept() -> None:
+    """A dog made with no deadline (inf: no token or trace timeout) arms its timer at the
+    first guarded read after the deadline became finite: moving it is still a float store."""
+    loop = asyncio.get_running_loop()
+    dog = Watchdog(math.inf)
+    dog.due = loop.time() + 0.02
+    with pytest.raises(TimeoutError):
+        await dog.guarded(asyncio.sleep(5))  # without the timer: 5 s, then no TimeoutError
+    dog.close()
+
+
+async def test_a_watchdog_times_out_again_after_its_deadline_moves() -> None:
+    """As with asyncio.timeout, a dog that timed out can be moved and time out again."""
+    loop = asyncio.get_running_loop()
+    dog = Watchdog(loop.time() + 0.02)
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            await dog.guarded(asyncio.sleep(5))
+        dog.due = loop.time() + 0.02
+    dog.close()
+
+
+async def test_a_deadline_passing_after_a_read_cancels_nothing_outside_reads() -> None:
+    """After a read returned, the owner is elsewhere: the deadline passing there cancels
+    nothing, and the next read raises at once."""
+    loop = asyncio.get_running_loop()
+    dog = Watchdog(loop.time() + 0.2)
+    assert await dog.guarded(asyncio.sleep(0, "first")) == "first"
+    await asyncio.sleep(0.3)  # past the deadline, not in a read: not interrupted
+    with pytest.raises(TimeoutError):
+        await dog.guarded(asyncio.sleep(0))
+    dog.close()
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_read_refused_at_once_is_closed_not_left_unawaited() -> None:
+    """A read past the deadline is never awaited: the coroutine is closed, so Python does
+    not warn that it was never awaited."""
+    loop = asyncio.get_running_loop()
+    dog = Watchdog(loop.time() - 1.0)
+    read = asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        await dog.guarded(read)
+    assert read.cr_frame is None  # closed (an unstarted coroutine still has its frame)
+    dog.close()
