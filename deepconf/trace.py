@@ -15,6 +15,7 @@ its own. This module does no generation and no voting.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -179,12 +180,23 @@ class TraceWriter:
         return self
 
     def write(self, record: TraceRecord) -> None:
-        """Append `record` as one line and flush, so a crash keeps it."""
+        """Append `record` as one line and flush, so a crash keeps it. A line that cannot
+        be written (a full disk) is a ConfigError: the solve stops rather than go on with
+        traces nobody will be able to replay."""
         f = self.open()._file
         assert f is not None
         line = {**self.meta, **record.to_json_dict()}
-        f.write(self._encoder.encode(line) + b"\n")
-        f.flush()
+        try:
+            f.write(self._encoder.encode(line) + b"\n")
+            f.flush()
+        except OSError as exc:
+            self._file = None
+            with contextlib.suppress(OSError):  # the unwritten line is still buffered
+                f.close()
+            raise ConfigError(
+                f"cannot write the trace file {self.path}: {exc.strerror or exc}; free some"
+                " space or choose another path (the lines before this trace are kept)"
+            ) from exc
 
     def close(self) -> None:
         if self._file is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -388,3 +389,14 @@ async def test_an_unwritable_trace_file_stops_the_solve_before_any_trace(tmp_pat
     with pytest.raises(ConfigError, match=r"cannot write the trace file .*not-a-folder"):
         await engine.solve("q")
     assert fake.requests == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+async def test_a_full_disk_mid_solve_stops_it_with_the_trace_files_error() -> None:
+    """The trace file stops taking lines (a full disk: /dev/full) when the first trace
+    ends: the solve raises that ConfigError, plainly, not an OSError or an exception group
+    from the traces in flight beside it."""
+    fake = FakeBackend(default=Script())
+    engine = DeepConf(fake, make_config(concurrency=2), trace_path="/dev/full")
+    with pytest.raises(ConfigError, match=r"^cannot write the trace file /dev/full: No space"):
+        await engine.solve("q")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,6 +232,22 @@ def test_an_unwritable_trace_path_is_a_config_error(tmp_path) -> None:
         ConfigError, match=r"^cannot write the trace file .*choose a writable path$"
     ):
         TraceWriter(blocker / "t.jsonl", META).open()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_is_a_config_error_and_the_writer_closes_quietly() -> None:
+    """/dev/full opens but refuses every write (ENOSPC), as a full disk does: the write is
+    a ConfigError that says so and what to do, and closing afterwards raises nothing (the
+    unwritten line is not flushed a second time)."""
+    writer = TraceWriter("/dev/full", META).open()
+    with pytest.raises(ConfigError) as info:
+        writer.write(_record(0))
+    assert str(info.value) == (
+        "cannot write the trace file /dev/full: No space left on device; free some space or"
+        " choose another path (the lines before this trace are kept)"
+    )
+    assert isinstance(info.value.__cause__, OSError)
+    writer.close()
 
 
 def test_read_traces_skips_blank_lines_and_keeps_only_the_solve_metadata(tmp_path) -> None:
