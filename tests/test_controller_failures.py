@@ -130,3 +130,22 @@ async def test_several_traces_raising_a_deepconf_error_surface_the_first_plainly
     fake = Refusing(default=lambda i: Script(fail_at=0, error=StreamError("unused")))
     with pytest.raises(ConfigError, match="pattern timed out in trace"):
         await DeepConf(fake, make_config(budget=4, warmup=2, concurrency=2)).solve("q")
+
+
+async def test_several_unexpected_errors_at_once_surface_as_their_group(monkeypatch) -> None:
+    """A bug that escapes two trace tasks at once (here, recording a trace raises) with no
+    deepconf error among them: the caller gets the group itself, every error in it, not a
+    StopIteration from looking for a deepconf error or only the first of them."""
+    from deepconf.controller import SolveRun
+
+    def broken(self, st) -> None:
+        raise RuntimeError(f"bug recording trace {st.index}")
+
+    monkeypatch.setattr(SolveRun, "_finish", broken)
+    fake = FakeBackend(default=Script(n=8))
+    with pytest.raises(ExceptionGroup) as info:
+        await DeepConf(fake, make_config(concurrency=2)).solve("q")
+    assert sorted(str(e) for e in info.value.exceptions) == [
+        "bug recording trace 0",
+        "bug recording trace 1",
+    ]
