@@ -106,7 +106,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             status,
             headers=headers,
             stream=body,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+            extensions={"http_version": conn.http_version, "reason_phrase": reason},
         )
 
     async def _connection(
@@ -175,6 +175,7 @@ class _Connection(asyncio.Protocol):
         self.eof = False
         self.error: BaseException | None = None  # what ended the connection, if anything
         self.keep_alive = True
+        self.http_version = b"HTTP/1.1"  # of the last response head read
         # Body framing: chunked, Content-Length (remaining) or to the close (-1).
         self._chunked = False
         self._remaining = -1
@@ -275,6 +276,7 @@ class _Connection(asyncio.Protocol):
                 headers.append((name, value.strip()))
             if 100 <= status < 200:
                 continue
+            self.http_version = parts[0]
             if parts[0] == b"HTTP/1.0":
                 self.keep_alive = False
             return status, parts[2] if len(parts) > 2 else b"", headers

@@ -63,15 +63,21 @@ class RawServer:
         writer.close()
 
 
-async def fetch(transport: httpx.AsyncBaseTransport, url: str) -> tuple[int, list, bytes]:
+async def fetch(transport: httpx.AsyncBaseTransport, url: str) -> tuple:
+    """What a caller sees of one POST: status, version, reason, headers and body."""
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.post(url + "/x", content=b'{"a": 1}')
         headers = [(k, v) for k, v in response.headers.items() if k != "date"]
-        return response.status_code, headers, response.content
+        version, reason = response.http_version, response.reason_phrase
+        return response.status_code, version, reason, headers, response.content
+
+
+def no_fallback() -> httpx.AsyncBaseTransport:
+    raise AssertionError("a plain-http request went to httpx's transport, not the lean one")
 
 
 def both() -> list[httpx.AsyncBaseTransport]:
-    return [httpx.AsyncHTTPTransport(limits=LIMITS), H1Transport(httpx.AsyncHTTPTransport, 8)]
+    return [httpx.AsyncHTTPTransport(limits=LIMITS), H1Transport(no_fallback, 8)]
 
 
 SSE = b"".join(b'data: {"i": %d}\n\n' % i for i in range(20))
@@ -86,13 +92,18 @@ LENGTH = (
 )
 TO_CLOSE = b'HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{"to": "the close"}'
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n" + LENGTH
+HINTS = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + LENGTH
+NO_REASON = b"HTTP/1.1 404\r\ncontent-length: 2\r\n\r\nno"
 
 
-@pytest.mark.parametrize("reply", [CHUNKED, PLAIN_CHUNKS, LENGTH, TO_CLOSE, CONTINUE])
+@pytest.mark.parametrize(
+    "reply", [CHUNKED, PLAIN_CHUNKS, LENGTH, TO_CLOSE, CONTINUE, HINTS, NO_REASON]
+)
 @pytest.mark.parametrize("splits", [0, 1, 7, 100])
 async def test_the_lean_transport_reads_what_httpx_reads(reply: bytes, splits: int) -> None:
-    """Chunk extensions and trailers, Content-Length, a body to the close, a 100 Continue
-    first; the bytes at once, one at a time, or in 7-byte pieces."""
+    """Chunk extensions and trailers, Content-Length, an HTTP/1.0 body to the close, one
+    or two informational heads first, no reason phrase; the bytes at once, one at a time,
+    or in 7-byte pieces."""
     got = []
     for transport in both():
         async with RawServer(reply, splits, close=reply is TO_CLOSE) as url:
@@ -125,13 +136,13 @@ async def test_a_refused_connection_is_an_httpx_connect_error() -> None:
     async with RawServer(b"") as url:
         pass  # closed: nothing listens there now
     with pytest.raises(httpx.ConnectError):
-        await fetch(H1Transport(httpx.AsyncHTTPTransport, 8), url)
+        await fetch(H1Transport(no_fallback, 8), url)
 
 
 async def test_a_whole_body_keeps_the_connection_a_partial_one_closes_it() -> None:
     server = RawServer(CHUNKED, splits=7)
     async with server as url:
-        transport = H1Transport(httpx.AsyncHTTPTransport, 8)
+        transport = H1Transport(no_fallback, 8)
         async with httpx.AsyncClient(transport=transport) as client:
             for _ in range(3):
                 assert (await client.get(url + "/x")).content == SSE

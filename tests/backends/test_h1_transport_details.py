@@ -1,0 +1,356 @@
+"""The lean HTTP/1.1 transport's (backends/h1_transport.py) behaviour beyond what httpx's own
+transport is compared with in test_h1_transport.py: the connection cap, a stale idle
+connection retried once, bodies a request or status rules out, read timeouts (none for an
+event stream: the backend's watchdog guards those), the words of every framing error, read
+back-pressure, https to the fallback, and a prune that tells the server at once.
+
+Pinned by mutation testing (.ci/mutation): each test failed on mutants of the module that
+the comparison tests let through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from deepconf.backends.h1_transport import MAX_HEAD_BYTES, PAUSE_ABOVE, H1Transport, _Connection
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello"
+CLOSE = None  # a reply that closes the connection without answering
+
+
+def no_fallback() -> httpx.AsyncBaseTransport:
+    raise AssertionError("a plain-http request went to httpx's transport, not the lean one")
+
+
+class SequenceServer:
+    """Loopback HTTP/1.1: the n-th request (over all connections) gets `replies(n)`: bytes
+    written at once, CLOSE, or (bytes, then stall) as `(head_and_some, None)` that never
+    ends. Counts connections and the most open at once."""
+
+    def __init__(self, replies: Callable[[int], object]) -> None:
+        self.replies = replies
+        self.requests = self.connections = self.open = self.most_open = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                reply = self.replies(self.requests)
+                self.requests += 1
+                if reply is CLOSE:
+                    break
+                if isinstance(reply, tuple):  # some bytes, then nothing more, ever
+                    writer.write(reply[0])
+                    await writer.drain()
+                    await asyncio.Event().wait()
+                writer.write(reply)  # type: ignore[arg-type]
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+def lean(max_connections: int | None = 8) -> H1Transport:
+    return H1Transport(no_fallback, max_connections)
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+async def test_at_most_max_connections_are_open_and_the_rest_wait_their_turn() -> None:
+    server = SequenceServer(lambda n: OK)
+    async with server as url, httpx.AsyncClient(transport=lean(1)) as client:
+        replies = await asyncio.gather(*(client.get(url + "/x") for _ in range(4)))
+    assert [r.content for r in replies] == [b"hello"] * 4
+    assert (server.connections, server.most_open) == (1, 1)
+
+
+async def test_without_a_cap_concurrent_requests_each_open_a_connection() -> None:
+    server = SequenceServer(lambda n: OK)
+    async with server as url, httpx.AsyncClient(transport=lean(None)) as client:
+        await asyncio.gather(*(client.get(url + "/x") for _ in range(3)))
+    assert server.connections == 3
+
+
+async def test_an_idle_connection_the_server_closed_is_retried_once_anew() -> None:
+    """The server answers the first request of each connection and closes at the second
+    (an idle timeout racing the request): the request is sent again on a new connection."""
+    server = SequenceServer(lambda n: CLOSE if n == 1 else OK)
+    async with server as url, httpx.AsyncClient(transport=lean()) as client:
+        assert (await client.get(url + "/x")).content == b"hello"
+        assert (await client.get(url + "/x")).content == b"hello"
+    assert (server.requests, server.connections) == (3, 2)
+
+
+async def test_a_new_connection_closed_without_an_answer_is_a_protocol_error() -> None:
+    server = SequenceServer(lambda n: CLOSE)
+    async with server as url, httpx.AsyncClient(transport=lean()) as client:
+        with pytest.raises(httpx.RemoteProtocolError) as info:
+            await client.get(url + "/x")
+    assert str(info.value) == "Server disconnected without sending a response."
+    assert server.requests == 1  # not retried: a new connection is not stale
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nConnection: Close\r\ncontent-length: 2\r\n\r\nok",
+    ],
+    ids=["http-1.0", "connection-close"],
+)
+async def test_a_response_that_says_close_is_not_reused(first: bytes) -> None:
+    server = SequenceServer(lambda n: first if n == 0 else OK)
+    async with server as url, httpx.AsyncClient(transport=lean()) as client:
+        assert (await client.get(url + "/x")).content == b"ok"
+        assert (await client.get(url + "/x")).content == b"hello"
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "first"),
+    [
+        ("HEAD", b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+        ("GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
+    ],
+)
+async def test_a_response_without_a_body_ends_at_its_head_and_keeps_the_connection(
+    method: str, first: bytes
+) -> None:
+    """HEAD, 204 and 304 carry no body whatever their headers say: the response ends at its
+    head (it does not wait for the 5 bytes or the close), and the connection is reused."""
+    server = SequenceServer(lambda n: first if n == 0 else OK)
+    async with server as url, httpx.AsyncClient(transport=lean()) as client:
+        async with asyncio.timeout(10):  # a transport waiting for a body would hang here
+            response = await client.request(method, url + "/x")
+            assert (response.status_code, response.content) == (int(first[9:12]), b"")
+            assert (await client.get(url + "/x")).content == b"hello"
+    assert server.connections == 1
+
+
+# --- timeouts ------------------------------------------------------------------------------------
+
+
+async def test_a_server_that_never_answers_is_a_read_timeout() -> None:
+    server = SequenceServer(lambda n: (b"", None))
+    async with (
+        server as url,
+        httpx.AsyncClient(transport=lean(), timeout=httpx.Timeout(5, read=0.1)) as client,
+    ):
+        with pytest.raises(httpx.ReadTimeout):
+            async with asyncio.timeout(10):  # without a read timeout: a hang, failed here
+                await client.get(url + "/x")
+
+
+async def test_a_body_that_stops_coming_is_a_read_timeout() -> None:
+    server = SequenceServer(lambda n: (OK[:-3], None))
+    async with (
+        server as url,
+        httpx.AsyncClient(transport=lean(), timeout=httpx.Timeout(5, read=0.1)) as client,
+    ):
+        with pytest.raises(httpx.ReadTimeout):
+            async with asyncio.timeout(10):  # without a read timeout: a hang, failed here
+                await client.get(url + "/x")
+
+
+async def test_an_event_stream_has_no_read_timeout_of_its_own() -> None:
+    """An event stream's reads are the backend watchdog's to bound (it knows what progress
+    is): the transport waits past httpx's read timeout for the next event."""
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 20\r\n\r\n"
+    gate = asyncio.Event()
+
+    async def late_rest() -> None:
+        await asyncio.sleep(0.3)  # three read timeouts
+        gate.set()
+
+    class Late(SequenceServer):
+        async def _serve(self, reader, writer):  # type: ignore[no-untyped-def]
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(head + b"data: one\n\n")
+            await gate.wait()
+            writer.write(b"data: 2\n\n")
+            await writer.drain()
+            writer.close()
+
+    async with Late(lambda n: None) as url:
+        timeout = httpx.Timeout(5, read=0.1)
+        async with httpx.AsyncClient(transport=lean(), timeout=timeout) as client:
+            waiter = asyncio.create_task(late_rest())
+            response = await client.get(url + "/x")
+            await waiter
+    assert response.content == b"data: one\n\ndata: 2\n\n"
+
+
+# --- what a broken reply is called ---------------------------------------------------------------
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        (b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * MAX_HEAD_BYTES, "the response headers are too long"),
+        (b"HTTP/1.1 200 OK\r\ncontent-le", "the server closed the connection mid-headers"),
+        (b"HTTP/2 200 OK\r\n\r\n", "not an HTTP/1.1 status line: b'HTTP/2 200 OK'"),
+        (b"HTTP/1.1 OK 200\r\n\r\n", "not an HTTP/1.1 status line: b'HTTP/1.1 OK 200'"),
+        (b"HTTP/1.1\r\n\r\n", "not an HTTP/1.1 status line: b'HTTP/1.1'"),
+        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "malformed header line: b'no colon'"),
+        (b"HTTP/1.1 200 OK\r\n: no name\r\n\r\n", "malformed header line: b': no name'"),
+        (b"HTTP/1.1 200 OK\r\n x: y\r\n\r\n", "malformed header line: b' x: y'"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 5a\r\n\r\n", "bad Content-Length b'5a'"),
+        (CHUNKED_HEAD + b"1" * 5000, "a chunk-size line past 4096 bytes"),
+        (CHUNKED_HEAD + b"3\r\nabcd\r\n0\r\n\r\n", "chunk data longer than its size"),
+        (CHUNKED_HEAD + b"zz\r\n", "bad chunk size line b'zz'"),
+        (CHUNKED_HEAD + b"-5\r\n", "bad chunk size line b'-5'"),
+        (
+            CHUNKED_HEAD + b"5\r\nhel",
+            "peer closed connection without sending complete message body (incomplete"
+            " chunked read)",
+        ),
+        (OK[:-2], "peer closed connection without sending complete message body"),
+    ],
+)
+async def test_a_broken_reply_is_a_protocol_error_that_says_what_broke(
+    reply: bytes, said: str
+) -> None:
+    """The reply, then the close: each framing fault is httpx's RemoteProtocolError, in
+    words that name the fault (`deepconf doctor` and stream errors quote them)."""
+
+    class Closing(SequenceServer):
+        async def _serve(self, reader, writer):  # type: ignore[no-untyped-def]
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(reply)
+            await writer.drain()
+            writer.close()
+
+    async with Closing(lambda n: None) as url, httpx.AsyncClient(transport=lean()) as client:
+        with pytest.raises(httpx.RemoteProtocolError) as info:
+            await client.get(url + "/x")
+    assert str(info.value) == said
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+class FakeSocketTransport:
+    """What _Connection asks of its asyncio transport: pause and resume reading."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+async def test_reading_pauses_above_a_mebibyte_unread_and_resumes_when_read() -> None:
+    """A reader that falls behind holds at most ~1 MiB per connection: the socket stops
+    being read past PAUSE_ABOVE unread bytes, once, and reading resumes when the reader
+    next waits for more."""
+    conn = _Connection(asyncio.get_running_loop())
+    sock = FakeSocketTransport()
+    conn.connection_made(sock)  # type: ignore[arg-type]
+    conn.start_body([(b"content-length", b"%d" % (3 * PAUSE_ABOVE))], no_body=False)
+    conn.data_received(b"x" * PAUSE_ABOVE)
+    assert sock.calls == []  # at the limit, not above it
+    conn.data_received(b"x")
+    conn.data_received(b"x")
+    assert sock.calls == ["pause"]
+    assert len(await conn.read_body()) == PAUSE_ABOVE + 2
+    reader = asyncio.create_task(conn.read_body())
+    await asyncio.sleep(0)  # the reader waits for more: reading resumes
+    assert sock.calls == ["pause", "resume"]
+    conn.data_received(b"y")
+    assert await reader == b"y"
+    assert not conn.body_done
+
+
+async def test_https_goes_to_the_fallback_made_once_and_closed_with_the_transport() -> None:
+    made: list[Fallback] = []
+
+    class Fallback(httpx.AsyncBaseTransport):
+        closed = False
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, content=request.url.host.encode())
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    def make() -> Fallback:
+        made.append(Fallback())
+        return made[-1]
+
+    async with httpx.AsyncClient(transport=H1Transport(make, 8)) as client:
+        for host in ("a.invalid", "b.invalid"):
+            assert (await client.get(f"https://{host}/x")).content == host.encode()
+    assert len(made) == 1 and made[0].closed
+
+
+async def test_a_prune_tells_the_server_before_the_loop_turns() -> None:
+    """Closing a response before its end shuts the socket down at once: the server sees
+    the end even while the client's loop is blocked right after (asyncio itself would close
+    the socket only on the loop's next turn)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    saw_end = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+            )
+            while conn.recv(65536):
+                pass
+            saw_end.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        async with httpx.AsyncClient(transport=lean()) as client:
+            async with client.stream("GET", f"http://127.0.0.1:{port}/x") as response:
+                assert await anext(response.aiter_bytes()) == b"first"
+            # The loop is blocked here (threading.Event.wait): only a shutdown already made
+            # can have reached the server.
+            assert saw_end.wait(timeout=10)
+    finally:
+        listener.close()
+        thread.join(timeout=10)
