@@ -593,3 +593,41 @@ def test_a_streamed_answer_sends_reasoning_then_content_and_logs_ok() -> None:
     assert (log["id"], log["outcome"], log["stream"], log["traces"]) == (
         headers["x-request-id"], "ok", True, 2,
     )  # fmt: skip
+
+
+def test_every_streamed_chunk_names_the_request_model_and_one_creation_time() -> None:
+    """Each chunk of a stream (role, content, result) carries the request's model and the
+    same `created`; a best trace without reasoning sends no reasoning delta, and one cut at
+    max_tokens finishes with "length"."""
+    cut = Script.from_text("So \\boxed{7}.", delay=0.001, finish_reason="length")
+    with ScriptedServer(default=cut) as up, ProxyServer(up.base_url) as px:
+        body = {"model": MODEL, "messages": ASK, "stream": True, "deepconf": {"budget": 2}}
+        _, _, events = streamed(px, "/chat/completions", body)
+    assert {e["model"] for e in events} == {MODEL}
+    assert len({e["created"] for e in events}) == 1
+    assert isinstance(events[0]["created"], int)
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert not [d for d in deltas if "reasoning_content" in d]
+    finishes = [e["choices"][0]["finish_reason"] for e in events if e["choices"]]
+    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+
+
+def test_a_streamed_failure_ends_its_body_cleanly_after_the_error_event() -> None:
+    """Read raw (no SDK stopping at the error): the stream that failed is a whole chunked
+    body whose last event is the error object, with no [DONE], and the server logs no
+    incomplete response."""
+    broken = Script.from_text("one two three four \\boxed{7}", error_after=2, delay=0.001)
+    choose = lambda n, body: broken if "seed" in body else None  # noqa: E731
+    with ScriptedServer(default=ANSWER, choose=choose) as up, ProxyServer(up.base_url) as px:
+        body = {"model": MODEL, "messages": ASK, "seed": 0, "stream": True}
+        with httpx.stream(
+            "POST",
+            px.base_url + "/chat/completions",
+            json=body | {"deepconf": {"budget": 2}},
+            timeout=60,
+        ) as r:
+            raw = r.read()  # an unfinished body would raise here
+        px.wait_log(lambda d: d["outcome"] == "error")
+    events = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
+    assert b"[DONE]" not in events
+    assert json.loads(events[-1])["error"]["code"] == "upstream_unavailable"
