@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import math
 import socket
@@ -631,3 +632,18 @@ def test_a_streamed_failure_ends_its_body_cleanly_after_the_error_event() -> Non
     events = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
     assert b"[DONE]" not in events
     assert json.loads(events[-1])["error"]["code"] == "upstream_unavailable"
+
+
+def test_a_progress_chunk_goes_out_only_when_progress_changed() -> None:
+    """Tokens 0.25 s apart and a 0.02 s progress interval: the stream looks a dozen times
+    between tokens, and says something only when the solve moved (no repeated snapshot)."""
+    slow = Script.from_text("a b c \\boxed{7}", delay=0.25)
+    choose = lambda n, body: slow if "seed" in body else None  # noqa: E731
+    with (
+        ScriptedServer(default=ANSWER, choose=choose) as up,
+        ProxyServer(up.base_url, progress_interval=0.02, defaults=TEST_DEFAULTS) as px,
+    ):
+        body = {"model": MODEL, "messages": ASK, "seed": 0, "stream": True}
+        _, _, events = streamed(px, "/chat/completions", body | {"deepconf": {"budget": 1}})
+    progress = [e["deepconf"] for e in events if e.get("deepconf", {}).get("event") == "progress"]
+    assert progress and all(a != b for a, b in itertools.pairwise(progress))
