@@ -151,10 +151,18 @@ class H1Transport(httpx.AsyncBaseTransport):
 
 
 def _request_head(request: httpx.Request, body: bytes) -> bytes:
+    """The request as sent: its line, headers and whole body. The body was read whole, so
+    it goes with its length: a streamed request's "Transfer-Encoding: chunked" would promise
+    a chunk framing this transport does not write."""
     target = request.url.raw_path
     lines = [request.method.encode() + b" " + target + b" HTTP/1.1"]
-    lines += [name + b": " + value for name, value in request.headers.raw]
-    if body and "content-length" not in request.headers:
+    chunked = "transfer-encoding" in request.headers
+    lines += [
+        name + b": " + value
+        for name, value in request.headers.raw
+        if name.lower() != b"transfer-encoding"
+    ]
+    if (body or chunked) and "content-length" not in request.headers:
         lines.append(b"Content-Length: " + str(len(body)).encode())
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 from collections.abc import Callable
 
@@ -354,3 +355,84 @@ async def test_a_prune_tells_the_server_before_the_loop_turns() -> None:
     finally:
         listener.close()
         thread.join(timeout=10)
+
+
+# --- what goes out -------------------------------------------------------------------------------
+
+
+class EchoServer(SequenceServer):
+    """Answers each request with its own head and body, read by Content-Length."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda n: None)
+        self.heads: list[bytes] = []
+
+    async def _serve(self, reader, writer):  # type: ignore[no-untyped-def]
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head)
+        lengths = [
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ]
+        body = await reader.readexactly(lengths[0]) if lengths else b""
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_request_body_goes_out_whole_with_its_length(streamed: bool) -> None:
+    """A body given whole, or as a stream (which httpx would send chunked): the server gets
+    the same bytes, framed by a Content-Length, never by a Transfer-Encoding this transport
+    would not write."""
+    parts = [b'{"a": ', b"1}"]
+
+    async def stream():  # type: ignore[no-untyped-def]
+        for part in parts:
+            yield part
+
+    server = EchoServer()
+    async with server as url, httpx.AsyncClient(transport=lean()) as client:
+        content = stream() if streamed else b"".join(parts)
+        response = await client.post(url + "/x", content=content)
+    assert response.content == b'{"a": 1}'
+    head = server.heads[0].lower()
+    assert b"content-length: 8\r\n" in head and b"transfer-encoding" not in head
+
+
+async def test_a_reset_connection_is_a_read_error_that_keeps_its_cause() -> None:
+    """A server that resets the connection mid-body (RST, not a clean close), after the
+    client read the body's first bytes: httpx's ReadError, saying what the socket said, with
+    the OSError as its cause."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    read_some = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhel")
+        read_some.wait(timeout=10)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # with a zero linger: RST
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}/x"
+        async with (
+            httpx.AsyncClient(transport=lean()) as client,
+            client.stream("GET", url) as response,
+        ):
+            body = response.aiter_bytes()
+            assert await anext(body) == b"hel"
+            read_some.set()
+            with pytest.raises(httpx.ReadError) as info:
+                await anext(body)
+    finally:
+        read_some.set()
+        listener.close()
+        thread.join(timeout=10)
+    assert isinstance(info.value.__cause__, ConnectionResetError)
+    assert str(info.value) == str(info.value.__cause__)
