@@ -18,8 +18,16 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from deepconf.backends.h1_transport import MAX_HEAD_BYTES, PAUSE_ABOVE, H1Transport, _Connection
+from deepconf.backends.h1_transport import (
+    MAX_HEAD_BYTES,
+    PAUSE_ABOVE,
+    H1Transport,
+    _Connection,
+    default_transport,
+)
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello"
 CLOSE = None  # a reply that closes the connection without answering
@@ -436,3 +444,75 @@ async def test_a_reset_connection_is_a_read_error_that_keeps_its_cause() -> None
         thread.join(timeout=10)
     assert isinstance(info.value.__cause__, ConnectionResetError)
     assert str(info.value) == str(info.value.__cause__)
+
+
+# --- chunked framing, whatever the data ---------------------------------------------------------
+
+
+@st.composite
+def chunked_bodies(draw):  # type: ignore[no-untyped-def]
+    """Chunks whose data looks like chunk framing (hex digits, CRLFs, ';'), some with two
+    extensions, then the last chunk; the points where the reads cut the body."""
+    alphabet = st.sampled_from([b"0", b"1", b"5", b"a", b"\r\n", b";", b"x", b" "])
+    datas = draw(st.lists(st.lists(alphabet, min_size=1, max_size=8).map(b"".join), max_size=6))
+    body = b""
+    for data in datas:
+        ext = draw(st.sampled_from([b"", b";a=1", b";a=1;b=2"]))
+        body += b"%x%s\r\n%s\r\n" % (len(data), ext, data)
+    body += b"0\r\n\r\n"
+    return datas, body, draw(st.lists(st.integers(1, len(body) - 1), max_size=8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked_bodies())
+def test_chunk_data_that_looks_like_framing_is_still_data(case) -> None:  # type: ignore[no-untyped-def]
+    """Data bytes are data even when they spell a chunk header, wherever a read cuts them:
+    the fast loop for whole chunks starts only at a chunk's boundary."""
+    datas, body, cuts = case
+    loop = asyncio.new_event_loop()
+    try:
+        conn = _Connection(loop)
+        conn.start_body([(b"transfer-encoding", b"chunked")], no_body=False)
+        got, last = [], 0
+        for cut in [*sorted(set(cuts)), len(body)]:
+            conn.data_received(body[last:cut])
+            last = cut
+            got.append(conn._take_chunked())
+    finally:
+        loop.close()
+    assert b"".join(got) == b"".join(datas) and conn.body_done
+
+
+# --- the transport the backend gets -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY", "all_proxy"])
+def test_any_proxy_for_http_keeps_httpx_transport(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "http://proxy.invalid:3128")
+    assert default_transport(httpx.Limits(max_connections=1)) is None
+
+
+async def test_the_default_transport_caps_connections_at_the_limits() -> None:
+    server = SequenceServer(lambda n: OK)
+    transport = default_transport(httpx.Limits(max_connections=1))
+    assert transport is not None
+    async with server as url, httpx.AsyncClient(transport=transport) as client:
+        await asyncio.gather(*(client.get(url + "/x") for _ in range(3)))
+    assert server.connections == 1
+
+
+async def test_a_pruned_connection_is_forgotten() -> None:
+    """Each prune closes its connection; the transport keeps no closed ones (at fleet scale,
+    a prune per trace)."""
+    body = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 100\r\n\r\nfirst"
+    server = SequenceServer(lambda n: (body, None))
+    transport = lean()
+    async with server as url, httpx.AsyncClient(transport=transport) as client:
+        for _ in range(3):
+            async with client.stream("GET", url + "/x") as response:
+                assert await anext(response.aiter_bytes()) == b"first"
+        assert len(transport._open) == 0 and server.connections == 3
