@@ -25,7 +25,7 @@ def figure(out: str, label: str) -> str:
 
 
 @pytest.mark.slow
-def test_both_parts_complete_and_their_numbers_agree(capsys: pytest.CaptureFixture[str]) -> None:
+def test_both_parts_complete_and_their_numbers_agree(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """8 traces x 200 tokens: every token counted and one trace-file line per trace; 2 solves
     x 20 traces paced at 0.05 s a token: all 40 open at once; each peak RSS is a positive
     figure within its bound.
@@ -38,6 +38,7 @@ def test_both_parts_complete_and_their_numbers_agree(capsys: pytest.CaptureFixtu
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,  # not the checkout: its deepconf/ folder would shadow the package
     )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
