@@ -187,10 +187,19 @@ class HeldServer:
             writer.close()
 
 
-async def test_the_shared_pool_opens_at_most_max_connections_to_the_upstream() -> None:
+@pytest.mark.parametrize("proxy", [False, True], ids=["lean-transport", "proxy-environment"])
+async def test_the_shared_pool_opens_at_most_max_connections_to_the_upstream(
+    monkeypatch: pytest.MonkeyPatch, proxy: bool
+) -> None:
     """max_connections=2 and three requests at once: two connections open, the third
-    request waits for one to come free and reuses it (none fails, none opens a third)."""
+    request waits for one to come free and reuses it (none fails, none opens a third). With
+    a proxy in the environment the pool is httpx's own transport, under the same cap."""
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if proxy:
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     pool, _ = fake_pool(max_idle=1, max_connections=2)
+    assert isinstance(pool.transport._pool, httpx.AsyncHTTPTransport) == proxy
     held = HeldServer()
     async with held as url, httpx.AsyncClient(transport=pool.transport) as client:
         calls = [asyncio.create_task(client.get(url)) for _ in range(3)]
