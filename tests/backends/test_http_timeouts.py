@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
+from support.dead_ports import full_accept_queue
 
 from deepconf.backend import TokenBatch, TraceRequest
 from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
@@ -53,29 +53,8 @@ async def test_a_server_that_never_answers_the_request_ends_the_trace_at_the_tok
     )
 
 
-@contextlib.contextmanager
-def full_accept_queue() -> Iterator[str]:
-    """A port whose accept queue is full (listen(0), never accepted, filled by other
-    connections): a new connection's handshake never completes, as behind a dead host."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            s.connect(listener.getsockname())
-        fillers.append(s)
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
-
-
 async def test_a_connection_that_never_completes_ends_the_trace_at_the_connect_timeout():
-    with full_accept_queue() as url, pytest.raises(ConnectError) as info:
+    with full_accept_queue() as (host, port), pytest.raises(ConnectError) as info:
+        url = f"http://{host}:{port}/v1"
         await trace(url, connect_timeout=0.2)
     assert str(info.value).startswith(f"{url} did not answer in time (ConnectTimeout)")
