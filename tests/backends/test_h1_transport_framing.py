@@ -303,27 +303,30 @@ async def answering(host: str = "127.0.0.1") -> AsyncIterator[str]:
 
 async def test_the_connection_goes_to_the_host_in_the_url() -> None:
     """A server listening on 127.0.0.2 only (all of 127/8 is loopback on Linux)."""
-    try:
-        server = answering("127.0.0.2")
-        url = await server.__aenter__()
-    except OSError as exc:  # pragma: no cover - a loopback of one address
-        pytest.skip(f"cannot listen on 127.0.0.2: {exc}")
-    try:
-        async with httpx.AsyncClient(transport=H1Transport(no_fallback, 4)) as client:
-            assert (await client.get(url + "/x")).content == b"ok"
-    finally:
-        await server.__aexit__(None, None, None)
+    async with (
+        answering("127.0.0.2") as url,
+        httpx.AsyncClient(transport=H1Transport(no_fallback, 4)) as client,
+    ):
+        assert (await client.get(url + "/x")).content == b"ok"
 
 
-async def test_a_url_without_a_port_dials_port_80() -> None:
-    transport = H1Transport(no_fallback, 4)
-    async with httpx.AsyncClient(transport=transport) as client:
-        try:
-            await client.get("http://127.0.0.1/x")
-        except httpx.ConnectError as exc:
-            assert str(exc) == "[Errno 111] Connect call failed ('127.0.0.1', 80)"
-        else:  # pragma: no cover - this machine serves port 80
-            pytest.skip("something answers on 127.0.0.1:80")
+async def test_a_url_without_a_port_dials_port_80_and_a_refusal_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The address dialled, recorded by the loop (nothing is sent to a real port 80); the
+    OSError's words become the ConnectError's."""
+    dialled = []
+
+    async def refuse(factory, host, port):  # type: ignore[no-untyped-def]
+        dialled.append((host, port))
+        raise ConnectionRefusedError(111, f"Connect call failed ({host!r}, {port})")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", refuse)
+    async with httpx.AsyncClient(transport=H1Transport(no_fallback, 4)) as client:
+        with pytest.raises(httpx.ConnectError) as info:
+            await client.get("http://example.invalid/x")
+    assert dialled == [("example.invalid", 80)]
+    assert str(info.value) == "[Errno 111] Connect call failed ('example.invalid', 80)"
 
 
 async def test_a_connection_that_never_completes_is_a_connect_timeout() -> None:
