@@ -14,7 +14,7 @@ import pytest
 from support.fake_backend import FakeBackend, Script
 
 from deepconf.backend import TraceRequest
-from deepconf.config import SamplingConfig
+from deepconf.config import DeepConfConfig, SamplingConfig
 from deepconf.errors import (
     BackendError,
     CapabilityError,
@@ -26,7 +26,8 @@ from deepconf.errors import (
     ServerError,
     StreamError,
 )
-from deepconf.serve.solve import HttpError, Metered, logged_error, solve_error
+from deepconf.serve.solve import HttpError, Metered, Solve, logged_error, solve_error
+from deepconf.serve.wire import ChatCompletionRequest
 
 
 def answer(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
@@ -132,3 +133,29 @@ async def test_prompt_tokens_stay_unknown_until_the_upstream_reports_them() -> N
     async with contextlib.aclosing(metered.stream(request)) as stream:
         assert sum([b.n_tokens async for b in stream]) == 3
     assert metered.prompt_tokens is None
+
+
+async def test_cancelling_a_solve_that_already_failed_raises_nothing() -> None:
+    """A client that leaves in the loop turn its solve fails in: the stream loop cancels a
+    task that is already done. Its error is the response's to report (or nobody's, the
+    client being gone), never an exception out of the cancel, which would escape the ASGI
+    app as a traceback."""
+    failing = FakeBackend(default=Script(n=3, fail_at=1, error=RuntimeError("upstream broke")))
+    request = ChatCompletionRequest.model_validate(
+        {"model": "fake-model", "messages": [{"role": "user", "content": "q"}]}
+    )
+    solve = Solve(
+        request,
+        True,
+        DeepConfConfig(budget=2, warmup=1, concurrency=1),
+        failing,
+        "req-1",
+        0.0,
+        progress_interval=1.0,
+        log_request=lambda *a, **kw: None,
+        release=lambda: None,
+    )
+    with contextlib.suppress(Exception):
+        await solve.task
+    assert solve.task.done() and solve.task.exception() is not None
+    await solve.cancel()
