@@ -20,6 +20,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.fake_socket import FakeSocketTransport
 
 from deepconf.backends.h1_transport import (
     MAX_HEAD_BYTES,
@@ -254,28 +255,6 @@ async def test_a_broken_reply_is_a_protocol_error_that_says_what_broke(
 
 
 # --- reading -------------------------------------------------------------------------------------
-
-
-class FakeSocketTransport:
-    """What _Connection asks of its asyncio transport: pause and resume reading."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def pause_reading(self) -> None:
-        self.calls.append("pause")
-
-    def resume_reading(self) -> None:
-        self.calls.append("resume")
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str) -> None:
-        return None
-
-    def close(self) -> None:
-        self.calls.append("close")
 
 
 async def test_reading_pauses_above_a_mebibyte_unread_and_resumes_when_read() -> None:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from support.dead_ports import full_accept_queue
+from support.fake_socket import FakeSocketTransport
 
 from deepconf.backends.h1_transport import (
     MAX_HEAD_BYTES,
@@ -35,26 +36,10 @@ def no_fallback() -> httpx.AsyncBaseTransport:
     raise AssertionError("a plain-http request went to httpx's transport, not the lean one")
 
 
-class Calls:
-    """The asyncio transport a _Connection drives, recording pause and resume."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def pause_reading(self) -> None:
-        self.calls.append("pause")
-
-    def resume_reading(self) -> None:
-        self.calls.append("resume")
-
-    def is_closing(self) -> bool:
-        return False
-
-
 def connection(head: list[tuple[bytes, bytes]] | None = None) -> _Connection:
     """A connection on the running loop; with `head`, its body framed by those headers."""
     conn = _Connection(asyncio.get_running_loop())
-    conn.connection_made(Calls())  # type: ignore[arg-type]
+    conn.connection_made(FakeSocketTransport())  # type: ignore[arg-type]
     if head is not None:
         conn.start_body(head, no_body=False)
     return conn
