@@ -102,6 +102,18 @@ def backend_for(server: RawServer) -> OpenAIHttpBackend:
     return OpenAIHttpBackend(config)
 
 
+async def two_traces_count(server: RawServer) -> None:
+    """Two traces one after the other, each complete: its finish reason and its one token."""
+    backend = backend_for(server)
+    try:
+        for _ in range(2):
+            batches = await trace(backend)
+            assert [b.finish_reason for b in batches if b.finish_reason] == ["stop"]
+            assert sum(b.n_tokens for b in batches) == 1
+    finally:
+        await backend.aclose()
+
+
 async def test_a_body_that_ends_after_done_keeps_its_connection() -> None:
     async with RawServer(end_after=0.05) as server:
         backend = backend_for(server)
@@ -121,14 +133,7 @@ async def test_a_body_held_open_after_done_costs_the_grace_and_then_closes(
     next trace opens a new one."""
     monkeypatch.setattr(openai_http, "END_AFTER_DONE_S", 0.05)
     async with RawServer(end_after=None) as server:
-        backend = backend_for(server)
-        try:
-            for _ in range(2):
-                batches = await trace(backend)
-                assert [b.finish_reason for b in batches if b.finish_reason] == ["stop"]
-                assert sum(b.n_tokens for b in batches) == 1
-        finally:
-            await backend.aclose()
+        await two_traces_count(server)
         for _ in range(100):  # the server's side of the second close, at most ~1 s away
             if server.closed_by_client == 2:
                 break
@@ -141,12 +146,5 @@ async def test_a_body_cut_after_done_still_counts_the_trace() -> None:
     the read after [DONE]: the trace is complete already, so it counts, and the next trace
     opens a new connection."""
     async with RawServer(end_after="cut") as server:
-        backend = backend_for(server)
-        try:
-            for _ in range(2):
-                batches = await trace(backend)
-                assert [b.finish_reason for b in batches if b.finish_reason] == ["stop"]
-                assert sum(b.n_tokens for b in batches) == 1
-        finally:
-            await backend.aclose()
+        await two_traces_count(server)
     assert (server.requests, server.connections) == (2, 2)

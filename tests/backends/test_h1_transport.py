@@ -12,35 +12,24 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.loopback_tcp import LoopbackServer
 
 from deepconf.backends.h1_transport import H1Transport, _Connection, default_transport
 
 LIMITS = httpx.Limits(max_connections=8)
 
 
-class RawServer:
+class RawServer(LoopbackServer):
     """Answers every request with `reply`, written in `splits`-byte pieces (0: at once);
     counts the connections it accepted."""
 
     def __init__(self, reply: bytes, splits: int = 0, close: bool = False) -> None:
+        super().__init__()
         self.reply, self.splits, self.close = reply, splits, close
         self.connections = 0
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

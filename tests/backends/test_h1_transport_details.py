@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.fake_socket import FakeSocketTransport
+from support.loopback_tcp import LoopbackServer
 
 from deepconf.backends.h1_transport import (
     MAX_HEAD_BYTES,
@@ -38,28 +39,17 @@ def no_fallback() -> httpx.AsyncBaseTransport:
     raise AssertionError("a plain-http request went to httpx's transport, not the lean one")
 
 
-class SequenceServer:
+class SequenceServer(LoopbackServer):
     """Loopback HTTP/1.1: the n-th request (over all connections) gets `replies(n)`: bytes
     written at once, CLOSE, or (bytes, then stall) as `(head_and_some, None)` that never
     ends. Counts connections and the most open at once."""
 
     def __init__(self, replies: Callable[[int], object]) -> None:
+        super().__init__()
         self.replies = replies
         self.requests = self.connections = self.open = self.most_open = 0
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
         self.connections += 1
         self.open += 1
         self.most_open = max(self.most_open, self.open)

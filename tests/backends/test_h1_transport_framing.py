@@ -20,6 +20,7 @@ import httpx
 import pytest
 from support.dead_ports import full_accept_queue
 from support.fake_socket import FakeSocketTransport
+from support.loopback_tcp import LoopbackServer
 
 from deepconf.backends.h1_transport import (
     MAX_HEAD_BYTES,
@@ -267,11 +268,10 @@ async def test_a_connection_lost_to_an_error_without_words_is_named_by_its_type(
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
-@contextlib.asynccontextmanager
-async def answering(host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """A loopback server on `host` answering each request with OK."""
+class Answering(LoopbackServer):
+    """Answers each request with OK."""
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 await reader.readuntil(b"\r\n\r\n")
@@ -279,17 +279,11 @@ async def answering(host: str = "127.0.0.1") -> AsyncIterator[str]:
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, host, 0)
-    try:
-        yield f"http://{host}:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-
 
 async def test_the_connection_goes_to_the_host_in_the_url() -> None:
     """A server listening on 127.0.0.2 only (all of 127/8 is loopback on Linux)."""
     async with (
-        answering("127.0.0.2") as url,
+        Answering("127.0.0.2") as url,
         httpx.AsyncClient(transport=H1Transport(no_fallback, 4)) as client,
     ):
         assert (await client.get(url + "/x")).content == b"ok"
@@ -340,7 +334,7 @@ async def test_a_failed_request_gives_its_connection_slot_back() -> None:
 
 async def test_a_body_closed_twice_gives_back_one_slot_and_one_idle_connection() -> None:
     transport = H1Transport(no_fallback, 1)
-    async with answering() as url:
+    async with Answering() as url:
         response = await transport.handle_async_request(httpx.Request("GET", url + "/x"))
         assert b"".join([piece async for piece in response.stream]) == b"ok"
         await response.stream.aclose()
