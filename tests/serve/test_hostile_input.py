@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support.proxy_runner import ProxyServer
-from support.scripted_server import MODEL, Script, ScriptedServer
+from support.scripted_server import CONFIDENT, MODEL, Script, ScriptedServer
 
 ASK = [{"role": "user", "content": "What is 3+4?"}]
 ANSWER = Script.from_text("The answer is \\boxed{7}.", delay=0.001)
@@ -25,6 +25,12 @@ UNBOXED = Script.from_text("a" * 60, delay=0.001)
 BACKTRACKING = r"^((a|aa)+)\1!"
 # The pattern that froze `deepconf serve` for good under Python's `re` (from the issue).
 ISSUE_PATTERN = r"^(?:[\w ,=]|[\w ,=][\w ,=])*!$"
+
+
+def _asks_more_logprobs_than_served(body: object) -> bool:
+    extra = body.get("deepconf") if isinstance(body, dict) else None
+    asked = extra.get("top_logprobs") if isinstance(extra, dict) else None
+    return type(asked) is int and asked > len(CONFIDENT)
 
 
 def _openai_error(r: httpx.Response) -> dict:
@@ -210,6 +216,8 @@ _completion = st.fixed_dictionaries(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+# found by a stress run's seed: valid, and more logprobs than the upstream has
+@example(case=("/completions", {"model": MODEL, "prompt": "", "deepconf": {"top_logprobs": 32}}))
 @given(
     case=st.one_of(
         st.tuples(st.just("/chat/completions"), _chat),
@@ -219,14 +227,19 @@ _completion = st.fixed_dictionaries(
 )
 def test_fuzzed_bodies_never_get_a_5xx(http: httpx.Client, case: tuple[str, object]) -> None:
     """Mostly-valid bodies with any field replaced by any JSON value, and any JSON value at
-    all: a 2xx, or a 4xx in OpenAI's error shape. A 5xx would mean our fault (the scripted
-    upstream never fails here)."""
+    all: a 2xx, or a 4xx in OpenAI's error shape. A 5xx would mean our fault, with one
+    exception by design: a valid request for more top logprobs than the upstream sends (the
+    scripted one sends 31) is its 502 `upstream_capability`, as deepconf never counts
+    confidences from fewer entries than asked."""
     path, body = case
     if isinstance(body, dict):  # keep accepted bodies quick
         quick = {"budget": 1, "warmup": 1}
         extra = body.get("deepconf")
         body["deepconf"] = {**extra, **quick} if isinstance(extra, dict) else quick
     r = http.post(path, content=json.dumps(body))
+    if r.status_code == 502 and _asks_more_logprobs_than_served(body):
+        assert _openai_error(r)["code"] == "upstream_capability"
+        return
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         _openai_error(r)
