@@ -14,6 +14,18 @@ from deepconf import answers as answers_module
 from deepconf.answers import AnswerKeys, extract_answer, normalise_answer, too_costly
 from deepconf.config import AnswerConfig
 
+
+@pytest.fixture(autouse=True, scope="module")
+def unhurried_math_verify():  # type: ignore[no-untyped-def]
+    """These tests check what math-verify decides, not its deadline (test_answer_limits.py
+    does): each new answer gets 30 s, which a loaded machine does not run out of. With the
+    0.25 s of a real vote, {1,2} against \\{2,1\\} timed out once under seven processes on
+    two cores and compared as strings."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(answers_module, "ANSWER_SECONDS", 30.0)
+        yield
+
+
 # ---------------------------------------------------------------------------------------------
 # Extraction
 
