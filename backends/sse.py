@@ -28,6 +28,11 @@ import numpy as np
 from deepconf.confidence import LOGPROB_FLOOR
 from deepconf.errors import ConfigError, StreamError
 
+try:  # C, built at install where a compiler was found (setup.py); optional by design
+    from deepconf.backends import _chunkscan
+except ImportError:  # pragma: no cover - an install without a C compiler
+    _chunkscan = None
+
 DONE = b"[DONE]"
 
 
@@ -301,8 +306,11 @@ def _error_message(chunk: _Chunk) -> str | None:
 def decode_payloads(payloads: list[bytes], k: int, offset: int = 0) -> Decoded:
     """Decode the SSE payloads of one read into one batch (fast path).
 
-    All payloads are decoded by one msgspec call, as a JSON array, so the per-call cost is
-    paid once per network read rather than once per token. Logprobs are sanitised here, the
+    The common read (chat chunks, k values at every position, no finish or usage yet) goes
+    through `_chunkscan`, C that writes each number straight into the matrix; any other
+    read, or every read where the C part was not built, through `decode_payloads_msgspec`.
+    There all payloads are decoded by one msgspec call, as a JSON array, so the per-call cost
+    is paid once per network read rather than once per token. Logprobs are sanitised here, the
     one place they enter: see `sanitise`. `offset` is the number of tokens the stream
     delivered before this read, so errors can name the token. Raises `StreamError` for an
     in-stream error object, a payload that is not JSON, or a NaN logprob.
@@ -312,6 +320,21 @@ def decode_payloads(payloads: list[bytes], k: int, offset: int = 0) -> Decoded:
         if p == DONE:
             payloads, done = payloads[:i], True
             break
+    if not payloads:
+        return Decoded(np.empty((0, k)), done=done)
+    if _chunkscan is not None:
+        scanned = _chunkscan.decode_chat(payloads, k, LOGPROB_FLOOR)
+        if scanned is not None:  # full rows of chat chunks: already sorted and clamped
+            values, text, reasoning = scanned
+            matrix = np.frombuffer(values).reshape(-1, k) if values else np.empty((0, k))
+            return Decoded(matrix, text, reasoning, done=done)
+    return decode_payloads_msgspec(payloads, k, offset, done)
+
+
+def decode_payloads_msgspec(
+    payloads: list[bytes], k: int, offset: int = 0, done: bool = False
+) -> Decoded:
+    """`decode_payloads` of payloads without [DONE], on msgspec alone: every shape."""
     if not payloads:
         return Decoded(np.empty((0, k)), done=done)
     if len(payloads) == 1:

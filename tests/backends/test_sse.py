@@ -1,4 +1,4 @@
-"""SSE framing and chunk decoding: the fast msgspec path against the json reference."""
+"""SSE framing and chunk decoding: the fast paths (C, msgspec) against the json reference."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deepconf.backends import sse as sse_module
 from deepconf.backends.sse import (
     DEFAULT_MAX_EVENT_BYTES,
     SSEDecoder,
@@ -21,6 +22,19 @@ from deepconf.backends.sse import (
     top_k_matrix,
 )
 from deepconf.errors import ConfigError, StreamError
+
+
+@pytest.fixture(autouse=True, params=["c", "msgspec"])
+def decoder_path(request):
+    """Every test here runs with the C fast path (backends/_chunkscan.c) and on msgspec alone
+    (an install without a C compiler): both must equal the json reference."""
+    saved = sse_module._chunkscan
+    if request.param == "msgspec":
+        sse_module._chunkscan = None
+    elif saved is None:
+        pytest.skip("the C part was not built (no C compiler)")
+    yield
+    sse_module._chunkscan = saved
 
 
 def chat_chunk(tokens: list[tuple[str, list[float]]], *, reasoning: bool = False, **choice):
