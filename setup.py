@@ -1,7 +1,8 @@
-"""The one thing pyproject.toml cannot say: the optional C fast path of the stream decoder.
+"""The one thing pyproject.toml cannot say: the optional C fast paths of stream reading.
 
-`optional=True`: on a machine without a C compiler the build goes on without it, and
-deepconf.backends.sse decodes every read with msgspec instead (same results, slower).
+_chunkscan decodes the common chat chunk, _framing takes whole HTTP chunks and plain SSE
+events. `optional=True`: on a machine without a C compiler the build goes on without them,
+and every read takes the Python steps they stand in for (same results, slower).
 """
 
 from setuptools import Extension, setup
@@ -9,10 +10,11 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "deepconf.backends._chunkscan",
-            ["backends/_chunkscan.c"],
+            f"deepconf.backends.{name}",
+            [f"backends/{name}.c"],
             extra_compile_args=["-O2"],
             optional=True,
         )
+        for name in ("_chunkscan", "_framing")
     ]
 )

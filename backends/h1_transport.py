@@ -31,6 +31,11 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
+try:  # C, built at install where a compiler was found (setup.py); optional by design
+    from deepconf.backends import _framing
+except ImportError:  # pragma: no cover - an install without a C compiler
+    _framing = None
+
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers
 PAUSE_ABOVE = 1 << 20  # buffered, unread body bytes at which the socket stops being read
 
@@ -344,7 +349,7 @@ class _Connection(asyncio.Protocol):
         out: list[bytes | bytearray] = []
         while not self.body_done:
             if not (self._remaining or self._need_crlf or self._trailer):
-                pos = _whole_chunks(buf, pos, out)  # the common case, then one general step
+                pos = _take_whole_chunks(buf, pos, out)  # the common case, then a general step
             if self._remaining:
                 piece = bytes(buf[pos : pos + self._remaining])
                 if not piece:
@@ -385,6 +390,16 @@ class _Connection(asyncio.Protocol):
             exc.__cause__ = self.error
             return exc
         return httpx.RemoteProtocolError(what)
+
+
+def _take_whole_chunks(buf: bytearray, pos: int, out: list[bytes | bytearray]) -> int:
+    """`_whole_chunks` in C where it was built: one bytes for all the chunks' data."""
+    if _framing is None:
+        return _whole_chunks(buf, pos, out)
+    pos, data = _framing.whole_chunks(buf, pos)
+    if data:
+        out.append(data)
+    return pos
 
 
 def _whole_chunks(buf: bytearray, pos: int, out: list[bytes | bytearray]) -> int:

@@ -28,10 +28,16 @@ import numpy as np
 from deepconf.confidence import LOGPROB_FLOOR
 from deepconf.errors import ConfigError, StreamError
 
-try:  # C, built at install where a compiler was found (setup.py); optional by design
+# C, built at install where a compiler was found (setup.py); optional by design: without it
+# every read takes the Python steps below (same results, slower).
+try:
     from deepconf.backends import _chunkscan
 except ImportError:  # pragma: no cover - an install without a C compiler
     _chunkscan = None
+try:
+    from deepconf.backends import _framing
+except ImportError:  # pragma: no cover - an install without a C compiler
+    _framing = None
 
 DONE = b"[DONE]"
 
@@ -66,6 +72,11 @@ class SSEDecoder:
         self._data_size = 0  # their joined size + 1 (each line counts its LF joiner)
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if _framing is not None and not self._after_cr and not self._data:
+            # The common read ("data: {...}" and a blank line per event) in one C step.
+            events = _framing.data_events(self._pending, chunk, self._limit)
+            if events is not None:
+                return events
         if self._after_cr and chunk:
             self._after_cr = False
             if chunk[0] == 0x0A:

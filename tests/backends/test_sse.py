@@ -26,15 +26,15 @@ from deepconf.errors import ConfigError, StreamError
 
 @pytest.fixture(autouse=True, params=["c", "msgspec"])
 def decoder_path(request):
-    """Every test here runs with the C fast path (backends/_chunkscan.c) and on msgspec alone
-    (an install without a C compiler): both must equal the json reference."""
-    saved = sse_module._chunkscan
+    """Every test here runs with the C fast paths (backends/_chunkscan.c, _framing.c) and in
+    Python alone (an install without a C compiler): both must equal the json reference."""
+    saved = sse_module._chunkscan, sse_module._framing
     if request.param == "msgspec":
-        sse_module._chunkscan = None
-    elif saved is None:
+        sse_module._chunkscan = sse_module._framing = None
+    elif None in saved:
         pytest.skip("the C part was not built (no C compiler)")
     yield
-    sse_module._chunkscan = saved
+    sse_module._chunkscan, sse_module._framing = saved
 
 
 def chat_chunk(tokens: list[tuple[str, list[float]]], *, reasoning: bool = False, **choice):
