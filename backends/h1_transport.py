@@ -31,10 +31,9 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-try:  # C, built at install where a compiler was found (setup.py); optional by design
-    from deepconf.backends import _framing
-except ImportError:  # pragma: no cover - an install without a C compiler
-    _framing = None
+from deepconf.backends import native
+
+_framing = native.load("_framing")  # C where it was built; None: _whole_chunks (same bytes)
 
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers
 PAUSE_ABOVE = 1 << 20  # buffered, unread body bytes at which the socket stops being read

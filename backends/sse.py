@@ -25,19 +25,13 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
+from deepconf.backends import native
 from deepconf.confidence import LOGPROB_FLOOR
 from deepconf.errors import ConfigError, StreamError
 
-# C, built at install where a compiler was found (setup.py); optional by design: without it
-# every read takes the Python steps below (same results, slower).
-try:
-    from deepconf.backends import _chunkscan
-except ImportError:  # pragma: no cover - an install without a C compiler
-    _chunkscan = None
-try:
-    from deepconf.backends import _framing
-except ImportError:  # pragma: no cover - an install without a C compiler
-    _framing = None
+# C where it was built (backends/native.py); None: the Python steps below (same results).
+_chunkscan = native.load("_chunkscan")
+_framing = native.load("_framing")
 
 DONE = b"[DONE]"
 

@@ -2,11 +2,13 @@
 
 `deepconf bench stream --end-to-end` starts the replay server (eval/replay_server.py: vLLM
 chat chunks, 1 token per chunk, top-20 logprobs, sent as fast as a socket takes them) in its
-own process, then runs two clients against it, each a process of its own, one after the
+own process, then runs three clients against it, each a process of its own, one after the
 other, best of `--repeats`:
 
     deepconf      `deepconf solve --mode offline --budget N --concurrency C --json`: raw SSE
                   bytes to a voted answer, start-up (imports, probe-less open) included
+    without C     the same solve with DEEPCONF_NO_C=1: every read in Python and msgspec,
+                  none through backends/_chunkscan.c and _framing.c
     openai SDK    AsyncOpenAI, the same N requests, C at a time, stream=True, top_logprobs=k,
                   each token's confidence (-mean of its top-k logprobs) appended to a list:
                   what a minimal DeepConf client written on the SDK does
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -32,9 +35,12 @@ from dataclasses import dataclass
 
 import httpx
 
+from deepconf.backends import native
 from deepconf.eval.serve_processes import CLI, _Process, free_port
 
 K = 20
+DEEPCONF = "deepconf solve"
+DEEPCONF_NO_C = "without C"  # DEEPCONF_NO_C=1: every read in Python
 REPLAY = "from deepconf.eval.replay_server import main; main()"
 SDK = "from deepconf.eval.bench_end_to_end import sdk_main; sdk_main()"
 
@@ -80,11 +86,13 @@ class Run:
         return self.tokens / self.cpu_s
 
 
-def timed_child(name: str, args: list[str]) -> tuple[str, float, float]:
+def timed_child(
+    name: str, args: list[str], env: dict[str, str] | None = None
+) -> tuple[str, float, float]:
     """Run a child to its end: (its stdout, its CPU seconds, wall seconds)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    done = subprocess.run(args, capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -93,16 +101,25 @@ def timed_child(name: str, args: list[str]) -> tuple[str, float, float]:
     return done.stdout, cpu, wall
 
 
-def run_deepconf(base_url: str, traces: int, tokens: int, concurrency: int) -> Run:
+def run_deepconf(
+    base_url: str, traces: int, tokens: int, concurrency: int, *, c_parts: bool = True
+) -> Run:
     args = [sys.executable, "-P", "-c", CLI, "solve", "--base-url", base_url]
     args += ["--mode", "offline", "--budget", str(traces), "--concurrency", str(concurrency)]
     args += ["--max-tokens", str(tokens), "--no-probe", "--top-logprobs", str(K)]
     args += ["--seed", "0", "--json", "q"]
-    out, cpu, wall = timed_child("deepconf solve", args)
+    name = DEEPCONF if c_parts else DEEPCONF_NO_C
+    env = {**os.environ, native.SWITCH: "0" if c_parts else "1"}
+    out, cpu, wall = timed_child(name, args, env)
     result = json.loads(out)
     if result["answer"] != "42":
-        raise RuntimeError(f"deepconf answered {result['answer']!r}, not 42")
-    return Run("deepconf solve", int(result["tokens"]["total"]), cpu, wall)
+        raise RuntimeError(f"{name} answered {result['answer']!r}, not 42")
+    return Run(name, int(result["tokens"]["total"]), cpu, wall)
+
+
+def run_deepconf_no_c(base_url: str, traces: int, tokens: int, concurrency: int) -> Run:
+    """The same solve with the C parts switched off (backends/native.py): Python alone."""
+    return run_deepconf(base_url, traces, tokens, concurrency, c_parts=False)
 
 
 def run_sdk(base_url: str, traces: int, tokens: int, concurrency: int) -> Run:
@@ -178,10 +195,10 @@ def main(argv: list[str] | None = None) -> None:
         f" replay server in its own process; best of {args.repeats}, CPU = user + sys of the"
         " client process, start-up included"
     )
-    runs: dict[str, list[Run]] = {"deepconf solve": [], "openai SDK": []}
+    runs: dict[str, list[Run]] = {DEEPCONF: [], DEEPCONF_NO_C: [], "openai SDK": []}
     with ReplayServer() as server:
         for _ in range(args.repeats):
-            for run in (run_deepconf, run_sdk):  # interleaved: both see the same machine
+            for run in (run_deepconf, run_deepconf_no_c, run_sdk):  # interleaved: one machine
                 r = run(server.base_url, n, t, c)
                 if r.tokens < want:
                     raise RuntimeError(f"{r.client} counted {r.tokens} tokens, not {want}")
@@ -193,8 +210,10 @@ def main(argv: list[str] | None = None) -> None:
         every = ", ".join(f"{r.per_cpu_s:,.0f}" for r in rs)
         cells = f"{b.tokens:,}", f"{b.cpu_s:.2f}", f"{b.wall_s:.2f}", f"{b.per_cpu_s:,.0f}"
         print(row.format(name, *cells, every))
-    ratio = best(runs["deepconf solve"]).per_cpu_s / best(runs["openai SDK"]).per_cpu_s
+    ratio = best(runs[DEEPCONF]).per_cpu_s / best(runs["openai SDK"]).per_cpu_s
     print(f"  deepconf / SDK: {ratio:.1f}x tokens per CPU-second")
+    c_ratio = best(runs[DEEPCONF]).per_cpu_s / best(runs[DEEPCONF_NO_C]).per_cpu_s
+    print(f"  deepconf / deepconf without C (DEEPCONF_NO_C=1): {c_ratio:.2f}x")
 
 
 if __name__ == "__main__":

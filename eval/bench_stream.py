@@ -5,8 +5,9 @@ chunk, and several per chunk) goes through each parsing path, and each path does
 confidence work after parsing: the (n, k) logprob matrix -> `token_confidence` ->
 `GroupWindow.push_many`. Paths, side by side in one run:
 
-    deepconf           SSEDecoder + msgspec decode_payloads (what the backend runs), one
-                       network read per SSE event, and with 64 KiB reads (a backlogged stream)
+    deepconf           SSEDecoder + decode_payloads (what the backend runs), one network
+                       read per SSE event, and with 64 KiB reads (a backlogged stream)
+    without C          the same with the C parts off (DEEPCONF_NO_C=1): Python and msgspec
     deepconf+httpx     the whole OpenAIHttpBackend stream over httpx.MockTransport
     orjson / json      the same framing, each payload parsed fully by orjson / json.loads
     openai SDK         openai.AsyncOpenAI streaming over httpx.MockTransport (pydantic chunks)
@@ -42,6 +43,7 @@ import numpy as np
 import orjson
 
 from deepconf.backend import TraceRequest
+from deepconf.backends import sse
 from deepconf.backends.openai_http import PROBE_TOKENS, HttpBackendConfig, OpenAIHttpBackend
 from deepconf.backends.sse import SSEDecoder, decode_payloads
 from deepconf.confidence import GroupWindow, token_confidence
@@ -130,6 +132,16 @@ def run_deepconf(pieces: list[bytes], window: int) -> Sink:
         if decoded.top_logprobs.shape[0]:
             sink.push(decoded.top_logprobs)
     return sink
+
+
+def run_without_c(pieces: list[bytes], window: int) -> Sink:
+    """`run_deepconf` with the C parts off, as DEEPCONF_NO_C=1 makes them: Python alone."""
+    saved = sse._chunkscan, sse._framing
+    sse._chunkscan = sse._framing = None
+    try:
+        return run_deepconf(pieces, window)
+    finally:
+        sse._chunkscan, sse._framing = saved
 
 
 def _rows_from_dict(obj: dict, rows: list[list[float]]) -> None:
@@ -320,8 +332,9 @@ def bench(n_tokens: int, per_chunk: int, window: int, repeats: int) -> list[Row]
     body = vllm_chat_stream(n_tokens, per_chunk)
     events, reads = split_events(body), split_reads(body)
     paths: list[tuple[str, Callable[[], Sink]]] = [
-        ("deepconf msgspec, 1 read/event", lambda: run_deepconf(events, window)),
-        ("deepconf msgspec, 64 KiB reads", lambda: run_deepconf(reads, window)),
+        ("deepconf, 1 read/event", lambda: run_deepconf(events, window)),
+        ("deepconf, 64 KiB reads", lambda: run_deepconf(reads, window)),
+        ("deepconf without C, 64 KiB reads", lambda: run_without_c(reads, window)),
         ("deepconf backend over httpx", lambda: asyncio.run(run_backend(events, window))),
         ("orjson", lambda: run_parser(orjson.loads)(events, window)),
         ("json", lambda: run_parser(json.loads)(events, window)),

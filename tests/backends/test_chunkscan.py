@@ -5,8 +5,6 @@ it must decline every read msgspec refuses."""
 from __future__ import annotations
 
 import json
-import shutil
-import sysconfig
 
 import numpy as np
 import pytest
@@ -31,15 +29,6 @@ def same(a: sse.Decoded, b: sse.Decoded) -> None:
     np.testing.assert_array_equal(a.top_logprobs, b.top_logprobs)
     fields = ("text", "reasoning", "finish_reason", "usage", "done", "empty_rows", "unscored")
     assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
-
-
-def test_the_c_part_is_built_wherever_a_compiler_is():
-    """setup.py builds it as optional; on a machine with a C compiler (CI's) a silent build
-    failure would leave every read on the slow path, so it must be there."""
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(compiler) is None:
-        pytest.skip(f"no C compiler ({compiler}) on this machine")
-    assert scan is not None
 
 
 @needs_c
