@@ -1,10 +1,12 @@
 /* The hot path of decode_payloads in C: vLLM/SGLang chat chunks with full top-k rows.
  *
  * decode_chat(payloads: list[bytes], k: int, floor: float)
- *     -> (values: bytearray, text: str, reasoning: str) | None
+ *     -> (values: bytearray, confs: bytearray, text: str, reasoning: str) | None
  *
  * values holds n x k float64, each row sorted largest first and clamped into [floor, 0]:
- * exactly what backends/sse.py's msgspec path returns for the same read. None means "not
+ * exactly what backends/sse.py's msgspec path returns for the same read. confs holds the
+ * n token confidences, -mean(row), summed largest first (numpy's token_confidence may sum
+ * in another order: the two agree to the last bit or two). None means "not
  * the common shape, let the msgspec path decide", and that answer is always safe: None is
  * returned for anything unusual (an error object, usage, a finish reason, a choice other
  * than 0, completions fields, a row without exactly k values, a duplicate field, a number
@@ -59,6 +61,7 @@ typedef struct {
     int k;
     double floor;
     Buf values;    /* float64 rows */
+    Buf confs;     /* float64, one token confidence per row */
     Buf text;      /* UTF-8 */
     Buf reasoning; /* UTF-8 */
     Buf scratch;   /* one decoded string */
@@ -437,7 +440,13 @@ static Status tops(Scan *s) {
         if (row[i] > 0.0) row[i] = 0.0;
         else if (row[i] < s->floor) row[i] = s->floor;
     }
-    return buf_put(&s->values, (const char *)row, n * sizeof(double)) < 0 ? FAIL : OK;
+    /* The token confidence -mean(row), as deepconf.confidence.token_confidence defines it:
+     * here the reads that need no NaN mask are scored without numpy's per-call cost. */
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += row[i];
+    double conf = sum / -(double)n;
+    if (buf_put(&s->values, (const char *)row, n * sizeof(double)) < 0) return FAIL;
+    return buf_put(&s->confs, (const char *)&conf, sizeof conf) < 0 ? FAIL : OK;
 }
 
 static Status token_field(Scan *s, const unsigned char *k, Py_ssize_t len, unsigned *seen,
@@ -617,16 +626,20 @@ static PyObject *decode_chat(PyObject *self, PyObject *args) {
     }
     if (st == OK) {
         PyObject *values = PyByteArray_FromStringAndSize(s.values.data, s.values.len);
+        PyObject *confs = PyByteArray_FromStringAndSize(s.confs.data, s.confs.len);
         PyObject *text = PyUnicode_DecodeUTF8(s.text.data, s.text.len, "strict");
         PyObject *reasoning = PyUnicode_DecodeUTF8(s.reasoning.data, s.reasoning.len, "strict");
-        if (values && text && reasoning) result = PyTuple_Pack(3, values, text, reasoning);
+        if (values && confs && text && reasoning)
+            result = PyTuple_Pack(4, values, confs, text, reasoning);
         Py_XDECREF(values);
+        Py_XDECREF(confs);
         Py_XDECREF(text);
         Py_XDECREF(reasoning);
     } else if (st == BAIL) {
         result = Py_NewRef(Py_None);
     }
     PyMem_Free(s.values.data);
+    PyMem_Free(s.confs.data);
     PyMem_Free(s.text.data);
     PyMem_Free(s.reasoning.data);
     PyMem_Free(s.scratch.data);
@@ -636,10 +649,11 @@ static PyObject *decode_chat(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"decode_chat", decode_chat, METH_VARARGS,
-     "decode_chat(payloads, k, floor) -> (values, text, reasoning) | None\n\n"
+     "decode_chat(payloads, k, floor) -> (values, confs, text, reasoning) | None\n\n"
      "The full-row chat chunks of one read: n x k float64 rows (largest first, clamped into\n"
-     "[floor, 0]) as a bytearray, and the joined content and reasoning text; None when the\n"
-     "read is not that common shape and the msgspec path must decide."},
+     "[floor, 0]) and n token confidences, as bytearrays, and the joined content and\n"
+     "reasoning text; None when the read is not that common shape and the msgspec path\n"
+     "must decide."},
     {NULL, NULL, 0, NULL},
 };
 

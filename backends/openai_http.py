@@ -543,7 +543,9 @@ def _carries_anything(d: Decoded) -> bool:
 
 
 def _batch(d: Decoded) -> TokenBatch:
-    return TokenBatch(d.top_logprobs, d.text, d.reasoning, d.finish_reason, d.usage)
+    return TokenBatch(
+        d.top_logprobs, d.text, d.reasoning, d.finish_reason, d.usage, token_conf=d.token_conf
+    )
 
 
 def _messages(prompt: Prompt, system: str | None) -> list[dict[str, Any]]:

@@ -34,6 +34,8 @@ _chunkscan = native.load("_chunkscan")
 _framing = native.load("_framing")
 
 DONE = b"[DONE]"
+_NONE = np.empty(0)  # no token confidences (read-only: shared by every read without rows)
+_NONE.flags.writeable = False
 
 
 DEFAULT_MAX_EVENT_BYTES = 16 * 2**20  # one line or one event's data; vLLM's are ~2 KB
@@ -254,6 +256,8 @@ class Decoded:
     done: bool = False  # `data: [DONE]` was seen; anything after it is ignored
     empty_rows: int = 0  # token positions that came with no logprob at all
     unscored: str | None = None  # the first text that arrived without any logprob entry
+    # (n,) token confidences where the decoder computed them (the C path), else None
+    token_conf: np.ndarray | None = None
 
 
 def top_k_matrix(rows: list[list[float | None]], k: int) -> np.ndarray:
@@ -330,9 +334,11 @@ def decode_payloads(payloads: list[bytes], k: int, offset: int = 0) -> Decoded:
     if _chunkscan is not None:
         scanned = _chunkscan.decode_chat(payloads, k, LOGPROB_FLOOR)
         if scanned is not None:  # full rows of chat chunks: already sorted and clamped
-            values, text, reasoning = scanned
-            matrix = np.frombuffer(values).reshape(-1, k) if values else np.empty((0, k))
-            return Decoded(matrix, text, reasoning, done=done)
+            values, confs, text, reasoning = scanned
+            if not values:
+                return Decoded(np.empty((0, k)), text, reasoning, done=done, token_conf=_NONE)
+            matrix = np.frombuffer(values).reshape(-1, k)
+            return Decoded(matrix, text, reasoning, done=done, token_conf=np.frombuffer(confs))
     return decode_payloads_msgspec(payloads, k, offset, done)
 
 

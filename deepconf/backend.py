@@ -50,6 +50,9 @@ class TokenBatch:
     reasoning: str = ""  # reasoning text (delta.reasoning_content / delta.reasoning)
     finish_reason: str | None = None  # "stop", "length", ... on the last batch
     usage: dict[str, int] = field(default_factory=dict)  # server usage, when it sends one
+    # (n,) token confidences when the backend computed them as it decoded (the C decoder
+    # does, to spare each read numpy's per-call cost); None: computed from top_logprobs
+    token_conf: np.ndarray | None = None
 
     @property
     def n_tokens(self) -> int:

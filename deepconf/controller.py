@@ -326,7 +326,9 @@ class SolveRun:
         if "completion_tokens" in batch.usage:
             st.server_tokens = batch.usage["completion_tokens"]
         if n:
-            confs = token_confidence(batch.top_logprobs)  # (n,)
+            confs = batch.token_conf  # (n,), where the decoder computed them
+            if confs is None:
+                confs = token_confidence(batch.top_logprobs)
             st.confs.extend(confs)
             st.tokens += n
             self.tokens += n

@@ -117,9 +117,12 @@ class Sink:
         self.gw = GroupWindow(window)
         self.tokens = 0
 
-    def push(self, top_logprobs: np.ndarray) -> None:
+    def push(self, top_logprobs: np.ndarray, token_conf: np.ndarray | None = None) -> None:
+        """As the controller does: the decoder's confidences where it computed them."""
         self.tokens += top_logprobs.shape[0]
-        self.gw.push_many(token_confidence(top_logprobs))
+        if token_conf is None:
+            token_conf = token_confidence(top_logprobs)
+        self.gw.push_many(token_conf)
 
 
 # --- paths ------------------------------------------------------------------------------------
@@ -130,7 +133,7 @@ def run_deepconf(pieces: list[bytes], window: int) -> Sink:
     for piece in pieces:
         decoded = decode_payloads(sse.feed(piece), K)
         if decoded.top_logprobs.shape[0]:
-            sink.push(decoded.top_logprobs)
+            sink.push(decoded.top_logprobs, decoded.token_conf)
     return sink
 
 
@@ -193,7 +196,7 @@ async def run_backend(pieces: list[bytes], window: int) -> Sink:
         async with contextlib.aclosing(backend.stream(request)) as stream:
             async for batch in stream:
                 if batch.n_tokens:
-                    sink.push(batch.top_logprobs)
+                    sink.push(batch.top_logprobs, batch.token_conf)
     finally:
         await backend.aclose()
     return sink

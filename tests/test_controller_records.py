@@ -400,3 +400,18 @@ async def test_a_full_disk_mid_solve_stops_it_with_the_trace_files_error() -> No
     engine = DeepConf(fake, make_config(concurrency=2), trace_path="/dev/full")
     with pytest.raises(ConfigError, match=r"^cannot write the trace file /dev/full: No space"):
         await engine.solve("q")
+
+
+async def test_a_batch_that_brings_its_token_confidences_is_scored_by_them() -> None:
+    """The C decoder computes each read's confidences as it decodes (TokenBatch.token_conf):
+    the controller records those, and computes them from the logprobs only where a batch
+    brings none."""
+    backend = BatchBackend(
+        [
+            TokenBatch(rows(2, conf=15.0), token_conf=np.array([7.0, 8.0])),
+            TokenBatch(rows(1, conf=15.0), text="\\boxed{7}", finish_reason="stop"),
+        ]
+    )
+    result = await DeepConf(backend, make_config(warmup=1, budget=1, window=2)).solve("q")
+    (t,) = result.traces
+    assert t.token_confs.tolist() == [7.0, 8.0, 15.0]

@@ -17,7 +17,7 @@ from deepconf.backends.sse import (
     decode_payloads_msgspec,
     decode_payloads_reference,
 )
-from deepconf.confidence import LOGPROB_FLOOR
+from deepconf.confidence import LOGPROB_FLOOR, token_confidence
 from deepconf.errors import StreamError
 from deepconf.eval.bench_stream import split_events, vllm_chat_stream
 
@@ -123,6 +123,8 @@ def test_the_c_path_takes_and_equals_every_spelling_of_full_chat_reads(case):
     fast = decode_payloads(payloads, k)
     same(fast, decode_payloads_msgspec(payloads, k))
     same(fast, decode_payloads_reference(payloads, k))
+    # and its token confidences are token_confidence's, but for the order of the sum
+    np.testing.assert_allclose(fast.token_conf, token_confidence(fast.top_logprobs), rtol=1e-14)
 
 
 # --- anything else is declined ------------------------------------------------------------------
@@ -242,8 +244,20 @@ def test_broken_bytes_are_declined_or_read_as_msgspec_reads_them(which, edits):
 
 
 def test_without_the_c_part_every_read_takes_msgspec(monkeypatch):
-    """An install without a C compiler decodes the same reads the same way."""
+    """An install without a C compiler decodes the same reads the same way, and leaves the
+    token confidences to the controller (token_conf None)."""
     payloads = [e[6:].rstrip(b"\n") for e in split_events(vllm_chat_stream(50, 1))]
     want = decode_payloads(payloads, 20)
     monkeypatch.setattr(sse, "_chunkscan", None)
-    same(decode_payloads(payloads, 20), want)
+    got = decode_payloads(payloads, 20)
+    same(got, want)
+    assert got.token_conf is None
+
+
+@needs_c
+def test_c_confidences_are_the_mean_of_each_clamped_row():
+    """-mean of the row after the clamp: -9999 counts as -100, +0.5 as 0."""
+    row = '[{"logprob": -9999}, {"logprob": 0.5}, {"logprob": -2}, {"logprob": -1}]'
+    got = decode_payloads([chunk(row=row), chunk(row=row.replace("-9999", "-3"))], 4)
+    assert got.token_conf.tolist() == [103 / 4, 6 / 4]
+    assert got.top_logprobs.tolist() == [[0.0, -1.0, -2.0, -100.0], [0.0, -1.0, -2.0, -3.0]]

@@ -482,13 +482,14 @@ async def test_model_discovery_failure_says_pass_model():
 
 
 def test_stream_benchmark_paths_agree():
-    """The throughput benchmark's paths (msgspec, the backend over httpx, orjson, json, the
-    openai SDK) count the same tokens and reach the same lowest group confidence on the same
-    bytes, so its figures compare like with like (bench() asserts both)."""
+    """The throughput benchmark's paths (deepconf with and without its C parts, the backend
+    over httpx, orjson, json, the openai SDK) count the same tokens and reach the same lowest
+    group confidence on the same bytes, so its figures compare like with like (bench()
+    asserts both)."""
     from deepconf.eval.bench_stream import bench
 
     rows = bench(n_tokens=60, per_chunk=3, window=16, repeats=1)
-    assert len(rows) == 6 and all(r.tokens_per_s > 0 for r in rows)
+    assert len(rows) == 7 and all(r.tokens_per_s > 0 for r in rows)
     assert len({round(r.lowest, 9) for r in rows}) == 1
 
 
