@@ -27,8 +27,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import regex
-
 from deepconf.config import AnswerConfig
 from deepconf.deadline import run_within
 from deepconf.errors import ConfigError
@@ -154,6 +152,8 @@ class _UserPattern:
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
+        import regex  # here, not at start-up: ~20 ms that only a user's pattern needs
+
         try:
             self.compiled = regex.compile(pattern)
         except regex.error as exc:  # the config's check uses `re`; the two rarely disagree
