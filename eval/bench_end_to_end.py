@@ -18,6 +18,7 @@ reaped, so the server's own CPU never counts (it is reaped at the end). Tokens a
 client counted itself; the run fails when either counted fewer than N x tokens.
 
     deepconf bench stream --end-to-end                                 # 128 x 2000, 32 in flight
+    deepconf bench stream --end-to-end --token-delay 0.005             # one token per read
     deepconf bench stream --end-to-end --traces 4 --tokens 50 --repeats 1   # a smoke run
 """
 
@@ -187,16 +188,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=2000, help="tokens per trace")
     ap.add_argument("--concurrency", type=int, default=32, help="streams in flight")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per client")
+    ap.add_argument(
+        "--token-delay",
+        type=float,
+        default=0.0,
+        help="seconds between two events of a stream (0: as fast as the socket takes them;"
+        " e.g. 0.005 paces each stream as a busy GPU does, so every read holds one token)",
+    )
     args = ap.parse_args(argv)
     n, t, c = args.traces, args.tokens, args.concurrency
     want = n * t
+    pace = f"one event per {args.token_delay:g} s" if args.token_delay else "unpaced"
     print(
         f"end to end: {n} traces x {t} tokens, {c} in flight, 1 token per chunk, k={K},"
-        f" replay server in its own process; best of {args.repeats}, CPU = user + sys of the"
-        " client process, start-up included"
+        f" replay server ({pace}) in its own process; best of {args.repeats}, CPU = user +"
+        " sys of the client process, start-up included"
     )
     runs: dict[str, list[Run]] = {DEEPCONF: [], DEEPCONF_NO_C: [], "openai SDK": []}
-    with ReplayServer() as server:
+    with ReplayServer(args.token_delay) as server:
         for _ in range(args.repeats):
             for run in (run_deepconf, run_deepconf_no_c, run_sdk):  # interleaved: one machine
                 r = run(server.base_url, n, t, c)

@@ -17,9 +17,10 @@ def test_the_end_to_end_benchmark_prints_every_client_and_the_ratios(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """4 traces x 50 tokens: each client counted all 200 tokens, and the ratios are printed."""
-    bench_stream.main(["--end-to-end", "--traces", "4", "--tokens", "50", "--repeats", "1"])
+    argv = ["--end-to-end", "--traces", "4", "--tokens", "50", "--repeats", "1"]
+    bench_stream.main([*argv, "--token-delay", "0.001"])
     out = capsys.readouterr().out
-    assert "4 traces x 50 tokens" in out
+    assert "4 traces x 50 tokens" in out and "one event per 0.001 s" in out
     for client in ("deepconf solve", "without C", "openai SDK"):
         assert re.search(rf"^\s+{client}\s+200\s+[\d.]+\s+[\d.]+\s+[\d,]+\s", out, re.M), out
     assert re.search(r"deepconf / SDK: [\d.]+x tokens per CPU-second", out), out
