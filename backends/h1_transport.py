@@ -28,6 +28,7 @@ import contextlib
 import socket
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import httpx
 
@@ -37,6 +38,7 @@ _framing = native.load("_framing")  # C where it was built; None: _whole_chunks 
 
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers
 PAUSE_ABOVE = 1 << 20  # buffered, unread body bytes at which the socket stops being read
+PUSH_BODY = "deepconf.push_body"  # response extension: an event stream's body, for push_body()
 
 
 def default_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
@@ -106,12 +108,10 @@ class H1Transport(httpx.AsyncBaseTransport):
         values = dict((name.lower(), value) for name, value in headers)
         is_stream = values.get(b"content-type", b"").startswith(b"text/event-stream")
         body = _Body(self, key, conn, None if is_stream else read_timeout)
-        return httpx.Response(
-            status,
-            headers=headers,
-            stream=body,
-            extensions={"http_version": conn.http_version, "reason_phrase": reason},
-        )
+        extensions = {"http_version": conn.http_version, "reason_phrase": reason}
+        if is_stream:
+            extensions[PUSH_BODY] = body
+        return httpx.Response(status, headers=headers, stream=body, extensions=extensions)
 
     async def _connection(
         self, key: tuple[str, int], timeout: float | None
@@ -194,6 +194,10 @@ class _Connection(asyncio.Protocol):
         self._need_crlf = False
         self._trailer = False
         self.body_done = False
+        # Push mode (`pump`): body pieces go to the sink as they arrive, and the pump's
+        # future settles when the body ends, the sink says stop, or the connection breaks.
+        self._sink: Callable[[bytes], bool] | None = None
+        self._pumped: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -202,7 +206,12 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        if len(self._buf) > PAUSE_ABOVE and not self._paused and self._transport is not None:
+        if (
+            self._sink is None
+            and len(self._buf) > PAUSE_ABOVE
+            and not self._paused
+            and self._transport is not None
+        ):
             self._paused = True
             self._transport.pause_reading()
         self._wake()
@@ -218,6 +227,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        if self._sink is not None:
+            self._push()  # push mode: the bytes are handled here and now
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -315,19 +327,58 @@ class _Connection(asyncio.Protocol):
     async def read_body(self, timeout: float | None = None) -> bytes:
         """The next body bytes (b"" once the body ended); ReadTimeout after `timeout`
         seconds of waiting for bytes that do not come."""
-        while True:
-            data = self._take_chunked() if self._chunked else self._take_plain()
-            if data or self.body_done:
-                return data
-            if self.eof:
-                if self._remaining < 0 and not self._chunked:
-                    self.body_done = True  # read to the close: the close is the end
-                    return b""
-                raise self._broken(
-                    "peer closed connection without sending complete message body"
-                    + (" (incomplete chunked read)" if self._chunked else "")
-                )
+        while (data := self._next_piece()) is None:
             await self._wait(timeout)
+        return data
+
+    async def pump(self, sink: Callable[[bytes], bool]) -> None:
+        """Push mode: `sink(piece)` gets every piece of the body (what `read_body` would
+        return) as its bytes arrive, called from `data_received`, so a read costs no task
+        step; returns when the body ended or the sink returned True, and raises what
+        `read_body` would (or what the sink raised). Cancelling it stops the pushing."""
+        self._pumped = self._loop.create_future()
+        self._sink = sink
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        try:
+            self._push()  # what arrived with the head
+            await self._pumped
+        finally:
+            self._sink = self._pumped = None
+
+    def _push(self) -> None:
+        pumped, sink = self._pumped, self._sink
+        assert pumped is not None and sink is not None
+        try:
+            while (data := self._next_piece()) is not None:
+                if not data or sink(data):
+                    break  # the body ended, or the sink has what it wanted
+            else:
+                return  # the rest has not arrived yet
+        except Exception as exc:
+            self._sink = None
+            if not pumped.done():
+                pumped.set_exception(exc)
+            return
+        self._sink = None  # settled: later bytes stay in the buffer
+        if not pumped.done():
+            pumped.set_result(None)
+
+    def _next_piece(self) -> bytes | None:
+        """The body bytes that arrived (b"" once the body ended), or None: none yet."""
+        data = self._take_chunked() if self._chunked else self._take_plain()
+        if data or self.body_done:
+            return data
+        if self.eof:
+            if self._remaining < 0 and not self._chunked:
+                self.body_done = True  # read to the close: the close is the end
+                return b""
+            raise self._broken(
+                "peer closed connection without sending complete message body"
+                + (" (incomplete chunked read)" if self._chunked else "")
+            )
+        return None
 
     def _take_plain(self) -> bytes:
         buf = self._buf
@@ -422,6 +473,21 @@ def _whole_chunks(buf: bytearray, pos: int, out: list[bytes | bytearray]) -> int
         pos = stop + 2
 
 
+def push_body(response: httpx.Response) -> PushBody | None:
+    """The body of an event stream this transport read, which can push its pieces as they
+    arrive (`PushBody.pump`); None for any other response (httpx's transport, a content
+    encoding to undo): read those with `aiter_bytes()`."""
+    body = response.extensions.get(PUSH_BODY)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    return body if encoding in ("", "identity") else None
+
+
+class PushBody(Protocol):
+    async def pump(self, sink: Callable[[bytes], bool]) -> None:
+        """See `_Connection.pump`."""
+        ...
+
+
 class _Body(httpx.AsyncByteStream):
     """A response body; closing it early closes the connection (the server aborts)."""
 
@@ -443,6 +509,9 @@ class _Body(httpx.AsyncByteStream):
             if not data:
                 return
             yield data
+
+    async def pump(self, sink: Callable[[bytes], bool]) -> None:
+        await self._conn.pump(sink)
 
     async def aclose(self) -> None:
         if self._closed:

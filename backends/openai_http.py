@@ -27,7 +27,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -36,7 +36,7 @@ from asyncio_throttle import Throttler
 from pydantic import Field, field_validator, model_validator
 
 from deepconf.backend import Prompt, TokenBatch, TraceRequest
-from deepconf.backends.h1_transport import default_transport
+from deepconf.backends.h1_transport import default_transport, push_body
 from deepconf.backends.http_errors import (
     NOT_STREAMS,
     HttpErrors,
@@ -46,15 +46,15 @@ from deepconf.backends.http_errors import (
 )
 from deepconf.backends.logprob_probe import PROBE_TOKENS as PROBE_TOKENS
 from deepconf.backends.logprob_probe import probe_logprobs
+from deepconf.backends.response_reader import ConsumerRaised, ReadTiming, ResponseReader
 from deepconf.backends.routing import (
     EJECT_AFTER,
     EndpointPool,
     retry_delay,
     split_weight,
 )
-from deepconf.backends.sse import DEFAULT_MAX_EVENT_BYTES, Decoded, SSEDecoder, decode_payloads
+from deepconf.backends.sse import DEFAULT_MAX_EVENT_BYTES
 from deepconf.backends.stream_audit import StreamAudit
-from deepconf.backends.watchdog import Watchdog
 from deepconf.config import StrictModel
 from deepconf.errors import (
     BackendError,
@@ -73,11 +73,6 @@ DEFAULT_PROBE_K = 20
 # /models answers meaning the server has no such route (a proxy, a minimal server): the
 # model name must then be given. Any other refusal (a bad key, a 5xx) is reported as is.
 NO_MODELS_ROUTE = frozenset({404, 405, 501})
-# After [DONE] the body's end (the chunked terminator, often a write of its own) follows at
-# once; reading it lets the connection go back to the pool instead of being closed, which at
-# fleet scale would mean a new TCP connection (and a TIME_WAIT socket) per trace. A server
-# that holds the body open after [DONE] costs a trace this much, then is closed as before.
-END_AFTER_DONE_S = 0.5
 
 
 class HttpBackendConfig(StrictModel):
@@ -343,50 +338,39 @@ class OpenAIHttpBackend:
             async for batch in stream:
                 yield batch
 
-    async def _stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
+    async def push(self, request: TraceRequest, consume: Callable[[TokenBatch], bool]) -> None:
+        """`stream()` turned around (the controller's way, deepconf/backend.py `deliver`):
+        each batch goes to `consume(batch)` as its bytes arrive, from the transport's read
+        callback, with no task step per read (backends/response_reader.py); `consume`
+        returns True to stop the trace now (a prune), which closes the response. Retries,
+        errors and the audit are `stream()`'s; what `consume` raises comes out unchanged."""
+        if self._client is None:
+            await self.open()
+        await self._ensure_k(request.top_logprobs)
         body = msgspec.json.encode(self._body(request))
-        cfg, avoid = self.config, None
-        loop = asyncio.get_running_loop()
-        limit = cfg.trace_timeout
-        deadline = loop.time() + limit if limit is not None else math.inf
-        who = "the probe" if request.index < 0 else f"trace {request.index}"
-        for attempt in range(cfg.max_retries + 1):
+        timing, avoid = self._timing(), None
+        for attempt in range(self.config.max_retries + 1):
             url = self._pool.acquire(avoid)
             response: httpx.Response | None = None
-            started = False
-            # The probe judges what it got itself; a trace must pass the integrity rules.
-            audit = None
-            if request.index >= 0:
-                k = request.top_logprobs
-                audit = StreamAudit(url, k, verify_k=k > self._ok_k)
+            reader = self._reader(url, request, timing)
             try:
                 response = await self._send(url, body)
-                reads = self._read(response, url, request.top_logprobs, deadline, audit)
-                async with contextlib.aclosing(reads) as rd:
-                    async for batch in rd:
-                        if not started:
-                            started = True
-                            self._pool.succeeded(url)
-                        yield batch
+                target = push_body(response)
+                if target is not None:
+                    stopped = await reader.push(response, target, consume)
+                else:  # another transport, or an encoded body: pull, and hand on
+                    stopped = False
+                    async with contextlib.aclosing(reader.pull(response)) as reads:
+                        async for batch in reads:
+                            if stopped := consume(batch):
+                                break
+                if not stopped:
+                    reader.end(busy=self._pool.busy > 1)
                 return
+            except ConsumerRaised as raised:
+                raise raised.error from None
             except BackendError as exc:
-                if started:
-                    if isinstance(exc, StreamError | CapabilityError):
-                        raise
-                    raise StreamError(f"the stream from {url} broke mid-trace: {exc}") from exc
-                self._count_failure(url, exc)
-                if not exc.retryable or attempt == cfg.max_retries:
-                    raise
-                retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
-                delay = retry_delay(
-                    attempt, retry_after, base=cfg.backoff_base, cap=cfg.backoff_cap
-                )
-                if loop.time() + delay > deadline:
-                    raise
-                # One line per server, the first time; the rest go to the summary at aclose().
-                level = logging.DEBUG if url in self._warned else logging.WARNING
-                self._warned.add(url)
-                log.log(level, "retrying %s in %.2fs: %s", who, delay, exc)
+                delay = self._retry_or_raise(exc, url, reader.delivered, attempt, timing, request)
                 avoid = url
             finally:
                 # Closing the response is what tells the server to stop generating (a prune).
@@ -394,6 +378,87 @@ class OpenAIHttpBackend:
                     await response.aclose()
                 self._pool.release(url)
             await asyncio.sleep(delay)
+
+    async def _stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
+        body = msgspec.json.encode(self._body(request))
+        timing, avoid = self._timing(), None
+        for attempt in range(self.config.max_retries + 1):
+            url = self._pool.acquire(avoid)
+            response: httpx.Response | None = None
+            reader = self._reader(url, request, timing)
+            try:
+                response = await self._send(url, body)
+                async with contextlib.aclosing(reader.pull(response)) as reads:
+                    async for batch in reads:
+                        yield batch
+                # The pool counts this stream too: busy means others were in flight beside it.
+                reader.end(busy=self._pool.busy > 1)
+                return
+            except BackendError as exc:
+                delay = self._retry_or_raise(exc, url, reader.delivered, attempt, timing, request)
+                avoid = url
+            finally:
+                # Closing the response is what tells the server to stop generating (a prune).
+                if response is not None:
+                    await response.aclose()
+                self._pool.release(url)
+            await asyncio.sleep(delay)
+
+    def _timing(self) -> ReadTiming:
+        cfg = self.config
+        limit = cfg.trace_timeout
+        loop = asyncio.get_running_loop()
+        return ReadTiming(
+            deadline=loop.time() + limit if limit is not None else math.inf,
+            token_timeout=cfg.token_timeout,
+            trace_timeout=limit,
+            max_event_bytes=cfg.max_event_bytes,
+        )
+
+    def _reader(self, url: str, request: TraceRequest, timing: ReadTiming) -> ResponseReader:
+        # The probe judges what it got itself; a trace must pass the integrity rules.
+        audit = None
+        k = request.top_logprobs
+        if request.index >= 0:
+            audit = StreamAudit(url, k, verify_k=k > self._ok_k)
+        return ResponseReader(
+            url, k, timing, audit, self._confirmed, lambda: self._pool.succeeded(url)
+        )
+
+    def _confirmed(self, k: int) -> None:
+        if k > self._ok_k:
+            self._ok_k = k  # the stream confirmed what no probe could
+
+    def _retry_or_raise(
+        self,
+        exc: BackendError,
+        url: str,
+        started: bool,
+        attempt: int,
+        timing: ReadTiming,
+        request: TraceRequest,
+    ) -> float:
+        """The delay before the next attempt after `exc`; raises when there is none: the
+        trace had its first token (a StreamError), the error is not retryable, the retries
+        are spent, or the wait would pass the trace's deadline."""
+        cfg = self.config
+        if started:
+            if isinstance(exc, StreamError | CapabilityError):
+                raise exc
+            raise StreamError(f"the stream from {url} broke mid-trace: {exc}") from exc
+        self._count_failure(url, exc)
+        if not exc.retryable or attempt == cfg.max_retries:
+            raise exc
+        retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+        delay = retry_delay(attempt, retry_after, base=cfg.backoff_base, cap=cfg.backoff_cap)
+        if asyncio.get_running_loop().time() + delay > timing.deadline:
+            raise exc
+        # One line per server, the first time; the rest go to the summary at aclose().
+        level = logging.DEBUG if url in self._warned else logging.WARNING
+        self._warned.add(url)
+        who = "the probe" if request.index < 0 else f"trace {request.index}"
+        log.log(level, "retrying %s in %.2fs: %s", who, delay, exc)
+        return delay
 
     def _count_failure(self, url: str, exc: BackendError) -> None:
         """Feed the endpoint's health: connect errors and 5xx say it is unwell."""
@@ -435,78 +500,6 @@ class OpenAIHttpBackend:
             raise status_error(response, url)
         raise not_a_stream(response, url)
 
-    async def _read(
-        self,
-        response: httpx.Response,
-        url: str,
-        k: int,
-        deadline: float,
-        audit: StreamAudit | None,
-    ) -> AsyncIterator[TokenBatch]:
-        """Batches of one response. Deadlines measure progress: the next token is due
-        `token_timeout` after the last one (bytes that carry none, such as SSE comments, do
-        not count), and the trace's wall-clock `deadline` bounds it all."""
-        cfg = self.config
-        loop = asyncio.get_running_loop()
-        sse = SSEDecoder(cfg.max_event_bytes)
-        # One timer per stream, moved by a float store per token (backends/watchdog.py).
-        dog = Watchdog(min(loop.time() + cfg.token_timeout, deadline))
-        done = False
-        tokens = 0
-        with HttpErrors(url):
-            async with contextlib.aclosing(response.aiter_bytes()) as reads:
-                try:
-                    while not done:
-                        try:
-                            raw = await dog.guarded(anext(reads))
-                        except StopAsyncIteration:
-                            break
-                        except TimeoutError:
-                            wall = dog.due == deadline
-                            raise self._stalled(url, tokens, wall=wall) from None
-                        decoded = decode_payloads(sse.feed(raw), k, tokens)
-                        done = decoded.done
-                        n = decoded.top_logprobs.shape[0]
-                        if n:
-                            tokens += n
-                            dog.due = min(loop.time() + cfg.token_timeout, deadline)
-                        if audit is not None:
-                            self._take(audit, decoded)
-                        if _carries_anything(decoded):
-                            yield _batch(decoded)
-                    if done:
-                        await _read_to_the_end(reads)
-                finally:
-                    dog.close()
-        if not done:
-            tail = decode_payloads(sse.flush(), k, tokens)  # an event left unterminated
-            done = tail.done
-            if audit is not None:
-                self._take(audit, tail)
-            if _carries_anything(tail):
-                yield _batch(tail)
-        if audit is not None:
-            # The pool counts this stream too: busy means others were in flight beside it.
-            audit.end(done=done, busy=self._pool.busy > 1)
-
-    def _take(self, audit: StreamAudit, decoded: Decoded) -> None:
-        audit.take(decoded)
-        if audit.k_confirmed and audit.k > self._ok_k:
-            self._ok_k = audit.k  # the stream confirmed what no probe could
-
-    def _stalled(self, url: str, tokens: int, *, wall: bool) -> StreamError:
-        cfg = self.config
-        if wall:
-            return StreamError(
-                f"the trace from {url} ran past its wall-clock limit of {cfg.trace_timeout:g} s"
-                f" (--trace-timeout) after {tokens} tokens"
-            )
-        return StreamError(
-            f"no token from {url} for {cfg.token_timeout:g} s after {tokens} tokens (--timeout):"
-            " the server stalled (keep-alive comments and empty events do not count as"
-            " progress)"
-        )
-
     # --- request body ------------------------------------------------------------------------
 
     def _body(self, request: TraceRequest) -> dict[str, Any]:
@@ -536,18 +529,6 @@ class OpenAIHttpBackend:
         return body
 
 
-def _carries_anything(d: Decoded) -> bool:
-    """Whether a read decoded to something the controller uses (most reads of a busy
-    stream do; a read that ended mid-event does not)."""
-    return bool(d.top_logprobs.shape[0] or d.text or d.reasoning or d.finish_reason or d.usage)
-
-
-def _batch(d: Decoded) -> TokenBatch:
-    return TokenBatch(
-        d.top_logprobs, d.text, d.reasoning, d.finish_reason, d.usage, token_conf=d.token_conf
-    )
-
-
 def _messages(prompt: Prompt, system: str | None) -> list[dict[str, Any]]:
     if isinstance(prompt, str):
         messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
@@ -572,12 +553,3 @@ def _raw_prompt(prompt: Prompt, system: str | None) -> str:
             "a system prompt needs --api chat; with --api completions put it in the raw prompt"
         )
     return prompt
-
-
-async def _read_to_the_end(reads: AsyncIterator[bytes]) -> None:
-    """Read what follows [DONE] (ignored) until the body ends, for END_AFTER_DONE_S at most,
-    so the connection can be reused. The trace is complete already: nothing here fails it."""
-    with contextlib.suppress(StopAsyncIteration, TimeoutError, httpx.HTTPError):
-        async with asyncio.timeout(END_AFTER_DONE_S):
-            while True:
-                await anext(reads)

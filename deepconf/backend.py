@@ -5,14 +5,22 @@ generator with one owner; closing it (``await stream.aclose()``) aborts the trac
 server, which is how a prune saves compute. Backends: `deepconf.backends.openai_http`
 (any OpenAI-compatible server) and `deepconf.backends.bundled` (the in-process numpy model).
 
+A backend may also offer `push(request, consume)` (`PushBackend`): the same batches handed to
+`consume(batch)` as they arrive, True from it stopping the trace. A stream read one network
+read at a time costs a task step per read through the chain of async generators; a push
+does the consumer's work where the bytes land. `deliver()` uses it where a backend has it.
+
     async with contextlib.aclosing(backend.stream(request)) as stream:
         async for batch in stream:
             confs = token_confidence(batch.top_logprobs)      # (n,)
+
+    await deliver(backend, request, consume)                  # consume(batch) -> stop now?
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -90,3 +98,29 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release connections and engines. Idempotent."""
         ...
+
+
+@runtime_checkable
+class PushBackend(Protocol):
+    """A backend that can hand a trace's batches to a callback as they arrive."""
+
+    async def push(self, request: TraceRequest, consume: Callable[[TokenBatch], bool]) -> None:
+        """Call `consume(batch)` with each batch `stream(request)` would yield, in order,
+        until the stream ends or `consume` returns True (the trace is aborted on the server,
+        as closing the stream does). Raises what the stream would; what `consume` raises
+        comes out unchanged."""
+        ...
+
+
+async def deliver(
+    backend: Backend, request: TraceRequest, consume: Callable[[TokenBatch], bool]
+) -> None:
+    """One trace's batches to `consume` (True: stop now): by `push` where the backend has
+    it, else by reading `stream()`, which is the reference both must equal."""
+    if isinstance(backend, PushBackend):
+        await backend.push(request, consume)
+        return
+    async with contextlib.aclosing(backend.stream(request)) as stream:
+        async for batch in stream:
+            if consume(batch):
+                return

@@ -1,8 +1,9 @@
 """The async DeepConf controller: launches traces, streams them, prunes, votes, stops.
 
 It knows only the `Backend` protocol. Generation runs in one `asyncio.TaskGroup`; every
-trace is a task that owns its stream (closed in `finally` via `contextlib.aclosing`, which
-aborts the request on the server) and reports its `TraceRecord` on a queue. The solve loop
+trace is a task that owns its stream (read by `deliver`, which hands each batch to the trace's
+`_consume` and closes the stream when it says stop, on cancellation and on error, aborting
+the request on the server) and reports its `TraceRecord` on a queue. The solve loop
 reads like the paper's algorithms (online: deepconf/online.py, offline: deepconf/offline.py):
 
     warm-up -> threshold s -> seed the vote -> stream + prune -> vote -> stop
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepconf.backend import Backend, Prompt, TokenBatch, TraceRequest
+from deepconf.backend import Backend, Prompt, TokenBatch, TraceRequest, deliver
 from deepconf.confidence import GroupWindow, group_confidences, token_confidence, trace_metrics
 from deepconf.config import DeepConfConfig
 from deepconf.errors import (
@@ -283,12 +285,9 @@ class SolveRun:
             seed=st.seed,
         )
         try:
-            # aclosing: on prune (break), on cancellation and on error the stream is
-            # closed here, which aborts the request on the server.
-            async with contextlib.aclosing(self.backend.stream(request)) as stream:
-                async for batch in stream:
-                    if self._consume(st, batch):
-                        break
+            # On prune (consume says stop), on cancellation and on error the stream is
+            # closed, which aborts the request on the server.
+            await deliver(self.backend, request, functools.partial(self._consume, st))
         except asyncio.CancelledError:
             # Keep "pruned" if the cancel landed while its stream was being closed.
             if st.status is None:

@@ -10,14 +10,13 @@ loaded client read [DONE] alone and closed the connection), or never."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 
 import pytest
+from support.read_paths import READ_PATHS, read_trace, use_read_path
 
 from deepconf.backend import TokenBatch, TraceRequest
-from deepconf.backends import openai_http
+from deepconf.backends import response_reader
 from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
 from deepconf.config import SamplingConfig
 
@@ -92,9 +91,13 @@ class RawServer:
 
 async def trace(backend: OpenAIHttpBackend) -> list[TokenBatch]:
     request = TraceRequest(0, "What is 3+4?", SamplingConfig(), top_logprobs=2)
-    stream: AsyncIterator[TokenBatch] = backend.stream(request)
-    async with contextlib.aclosing(stream) as batches:
-        return [b async for b in batches]
+    return await read_trace(backend, request)
+
+
+@pytest.fixture(autouse=True, params=READ_PATHS)
+def read_path(request: pytest.FixtureRequest) -> str:
+    """Every test here reads its traces by stream() and by push() (tests/support/read_paths.py)."""
+    return use_read_path(request.param)
 
 
 def backend_for(server: RawServer) -> OpenAIHttpBackend:
@@ -131,7 +134,7 @@ async def test_a_body_held_open_after_done_costs_the_grace_and_then_closes(
 ) -> None:
     """The trace counts (its finish reason arrived); the held connection is closed, so the
     next trace opens a new one."""
-    monkeypatch.setattr(openai_http, "END_AFTER_DONE_S", 0.05)
+    monkeypatch.setattr(response_reader, "END_AFTER_DONE_S", 0.05)
     async with RawServer(end_after=None) as server:
         await two_traces_count(server)
         for _ in range(100):  # the server's side of the second close, at most ~1 s away

@@ -10,11 +10,10 @@ the backend's client, these hung."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import pytest
 from support.dead_ports import full_accept_queue
+from support.read_paths import READ_PATHS, read_trace, use_read_path
 
 from deepconf.backend import TokenBatch, TraceRequest
 from deepconf.backends.openai_http import HttpBackendConfig, OpenAIHttpBackend
@@ -28,11 +27,16 @@ async def trace(base_url: str, **config: object) -> list[TokenBatch]:
     await backend.open()
     try:
         request = TraceRequest(0, "What is 3+4?", SamplingConfig(), top_logprobs=2)
-        stream: AsyncIterator[TokenBatch] = backend.stream(request)
-        async with contextlib.aclosing(stream) as batches, asyncio.timeout(20):
-            return [b async for b in batches]  # a hang fails here, not in pytest-timeout
+        async with asyncio.timeout(20):
+            return await read_trace(backend, request)  # a hang fails here, not in pytest-timeout
     finally:
         await backend.aclose()
+
+
+@pytest.fixture(autouse=True, params=READ_PATHS)
+def read_path(request: pytest.FixtureRequest) -> str:
+    """Every test here reads its traces by stream() and by push() (tests/support/read_paths.py)."""
+    return use_read_path(request.param)
 
 
 async def test_a_server_that_never_answers_the_request_ends_the_trace_at_the_token_timeout():

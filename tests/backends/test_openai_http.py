@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import numpy as np
 import pytest
+from support.read_paths import READ_PATHS, read_trace, use_read_path
 from support.scripted_server import CONFIDENT, Script, ScriptedServer, ScriptToken, scripted_server
 
 from deepconf.backend import TokenBatch, TraceRequest
@@ -53,8 +54,13 @@ def request(prompt="What is 3+4?", k=20, seed=None, **sampling) -> TraceRequest:
 
 
 async def collect(backend: OpenAIHttpBackend, req: TraceRequest) -> list[TokenBatch]:
-    async with contextlib.aclosing(backend.stream(req)) as stream:
-        return [b async for b in stream]
+    return await read_trace(backend, req)
+
+
+@pytest.fixture(autouse=True, params=READ_PATHS)
+def read_path(request: pytest.FixtureRequest) -> str:
+    """Every test here reads its traces by stream() and by push() (tests/support/read_paths.py)."""
+    return use_read_path(request.param)
 
 
 def joined(batches: list[TokenBatch]) -> tuple[np.ndarray, str, str]:

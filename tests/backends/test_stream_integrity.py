@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.proxy_runner import ProxyServer
+from support.read_paths import READ_PATHS, read_trace, use_read_path
 from support.scripted_server import CONFIDENT, MODEL, Script, ScriptedServer, scripted_server
 
 from deepconf.backend import TokenBatch, TraceRequest
@@ -54,8 +55,13 @@ def backend_for(*servers: ScriptedServer, **kw) -> OpenAIHttpBackend:
 
 async def collect(backend: OpenAIHttpBackend, index: int = 0, k: int = 20) -> list[TokenBatch]:
     req = TraceRequest(index, "What is 3+4?", SamplingConfig(), top_logprobs=k, seed=index)
-    async with contextlib.aclosing(backend.stream(req)) as stream:
-        return [b async for b in stream]
+    return await read_trace(backend, req)
+
+
+@pytest.fixture(autouse=True, params=READ_PATHS)
+def read_path(request: pytest.FixtureRequest) -> str:
+    """Every test here reads its traces by stream() and by push() (tests/support/read_paths.py)."""
+    return use_read_path(request.param)
 
 
 def ended(batches: list[TokenBatch]) -> bool:
