@@ -27,7 +27,9 @@
 #define MAX_DEPTH 64
 #define MAX_K 256
 
-typedef enum { OK = 0, BAIL = -1, FAIL = -2 } Status; /* FAIL: a Python error is set */
+/* FAIL: a Python error is set. OTHER: not the common spelling a fast matcher knows (the
+ * input is where it was); the general steps decide. */
+typedef enum { OK = 0, BAIL = -1, FAIL = -2, OTHER = -3 } Status;
 
 typedef struct {
     char *data;
@@ -218,6 +220,32 @@ static Status string(Scan *s, Buf *out) {
  * *out when out is not NULL. Overflow to infinity is a BAIL (msgspec refuses 1e400). */
 static Status number(Scan *s, double *out) {
     const unsigned char *start = s->p, *p = s->p, *end = s->end;
+    if (out) {
+        /* A logprob's common form, -?(0|[1-9][0-9]*).[0-9]+ with at most 15 significant
+         * digits, read and checked in one pass; Clinger's fast path (below) makes it. */
+        int neg = p < end && *p == '-';
+        p += neg;
+        uint64_t m = 0;
+        int digits = 0, scale = 0;
+        if (p < end && *p == '0') p++;
+        else if (p < end && *p >= '1' && *p <= '9')
+            for (; p < end && *p >= '0' && *p <= '9'; p++, digits++) m = m * 10 + (*p - '0');
+        else return BAIL;
+        if (p + 1 < end && *p == '.' && p[1] >= '0' && p[1] <= '9') {
+            for (p++; p < end && *p >= '0' && *p <= '9'; p++, scale--, digits += m != 0)
+                m = m * 10 + (*p - '0');
+            if (!(p < end && (*p == 'e' || *p == 'E')) && digits <= 15 && scale >= -22) {
+                static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                               1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                               1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+                double v = (double)m / pow10[-scale];
+                *out = neg ? -v : v;
+                s->p = p;
+                return OK;
+            }
+        }
+        p = start; /* another form: the general steps below */
+    }
     if (!out && p < end && *p >= '1' && *p <= '9') { /* a token's "bytes": 32, 98, ... */
         do p++;
         while (p < end && *p >= '0' && *p <= '9');
@@ -408,6 +436,54 @@ static Status top_field(Scan *s, const unsigned char *k, Py_ssize_t len, unsigne
     return skip_value(s);
 }
 
+/* The common spelling of a top entry, {"token": S, "logprob": x, "bytes": [i, ...]} in
+ * this order (vLLM and SGLang write it so, with or without spaces), matched in one pass
+ * without the general walk's per-field calls: ~20 of them per token are most of the bytes.
+ * Anything else (another order, another field, a null, a float among the bytes) is OTHER,
+ * with s->p back at the '{', and the general steps read the entry (and BAIL where the
+ * grammar does). What it takes is valid JSON by construction, so the two agree. */
+static int word(Scan *s, const char *w, size_t n) {
+    ws(s);
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, w, n) != 0) return 0;
+    s->p += n;
+    return 1;
+}
+
+#define WORD(s, lit) word(s, lit, sizeof(lit) - 1)
+
+static Status top_entry(Scan *s, double *value) {
+    const unsigned char *start = s->p;
+    Status st;
+    if (s->depth + 2 > MAX_DEPTH) return OTHER;
+    if (!eat(s, '{') || !WORD(s, "\"token\"") || !eat(s, ':') || peek(s) != '"') goto other;
+    if (string(s, NULL) != OK) goto other;
+    if (!eat(s, ',') || !WORD(s, "\"logprob\"") || !eat(s, ':')) goto other;
+    ws(s);
+    if ((st = number(s, value)) == FAIL) return FAIL;
+    if (st != OK) goto other;
+    if (!eat(s, ',') || !WORD(s, "\"bytes\"") || !eat(s, ':') || !eat(s, '[')) goto other;
+    if (!eat(s, ']')) {
+        do {
+            ws(s);
+            const unsigned char *p = s->p, *end = s->end;
+            if (p < end && *p == '0') p++;
+            else if (p < end && *p >= '1' && *p <= '9')
+                do p++;
+                while (p < end && *p >= '0' && *p <= '9');
+            else goto other;
+            if (p < end && (*p == '.' || *p == 'e' || *p == 'E' || (*p >= '0' && *p <= '9')))
+                goto other; /* a fraction, an exponent, or a leading zero */
+            s->p = p;
+        } while (eat(s, ','));
+        if (!eat(s, ']')) goto other;
+    }
+    if (!eat(s, '}')) goto other;
+    return OK;
+other:
+    s->p = start;
+    return OTHER;
+}
+
 /* --- one token: {"logprob": x, "top_logprobs": [...], ...} -------------------------------- */
 
 static Status tops(Scan *s) {
@@ -418,9 +494,14 @@ static Status tops(Scan *s) {
         do {
             Top t = {0.0, 0};
             if (n == s->k) return BAIL; /* more than k: llama.cpp's shape, the general path */
-            Status st = object(s, top_field, &t);
-            if (st != OK) return st;
-            if (!t.has) return BAIL;
+            ws(s);
+            Status st = top_entry(s, &t.value);
+            if (st == OTHER) {
+                if ((st = object(s, top_field, &t)) != OK) return st;
+                if (!t.has) return BAIL;
+            } else if (st != OK) {
+                return st;
+            }
             row[n++] = t.value;
         } while (eat(s, ','));
         if (!eat(s, ']')) return BAIL;

@@ -82,6 +82,17 @@ def shuffled(draw, fields: dict) -> dict:
 
 
 @st.composite
+def top_entry(draw) -> dict:
+    """A top-k entry in vLLM's and SGLang's own spelling ({"token", "logprob", "bytes"} in
+    that order, which C reads by a matcher of its own), or in any other."""
+    value = draw(logprob)
+    if draw(st.booleans()):
+        token = draw(st.text(max_size=6))
+        return {"token": token, "logprob": value, "bytes": list(token.encode())}
+    return draw(shuffled({"token": "t", "logprob": value}))
+
+
+@st.composite
 def chat_read(draw):
     """A read of chat chunks with exactly k values at every position, spelt every way JSON
     allows: key order, unknown fields, nulls, integers, exponents, escapes and whitespace."""
@@ -90,7 +101,7 @@ def chat_read(draw):
     for _ in range(draw(st.integers(1, 6))):
         tokens = []
         for _ in range(draw(st.integers(1, 3))):
-            tops = [draw(shuffled({"token": "t", "logprob": draw(logprob)})) for _ in range(k)]
+            tops = [draw(top_entry()) for _ in range(k)]
             own = draw(st.one_of(st.none(), logprob))
             tokens.append(draw(shuffled({"logprob": own, "top_logprobs": tops})))
         delta = {}
@@ -139,6 +150,35 @@ def chunk(choice: str = "", top: str = "", extra: str = "", row: str = ROW) -> b
     return f'{{"choices": [{body}]{extra}}}'.encode()
 
 
+VLLM_ROW = (
+    '[{"token": "a", "logprob": -0.5, "bytes": [97]}, {"token": "b", "logprob": -1.5,'
+    ' "bytes": [98]}]'
+)
+TAKEN_VLLM_ROWS = {
+    "compact": VLLM_ROW.replace(": ", ":").replace(", ", ","),
+    "no bytes": VLLM_ROW.replace("[98]", "[]"),
+    "a float among the bytes": VLLM_ROW.replace("[98]", "[9.8]"),
+    "a negative byte": VLLM_ROW.replace("[98]", "[-98]"),
+    "an exponent": VLLM_ROW.replace("-1.5", "-1.5e-3"),
+    "an integer logprob": VLLM_ROW.replace("-1.5", "-2"),
+    "17 digits": VLLM_ROW.replace("-1.5", "-1.2345678901234567"),
+    "an escaped token": VLLM_ROW.replace('"b"', '"\\u00e9\\n"'),
+    "another order": VLLM_ROW.replace(
+        '"token": "b", "logprob": -1.5', '"logprob": -1.5, "token": "b"'
+    ),
+    "one more field": VLLM_ROW.replace("[98]}", '[98], "id": 7}'),
+}
+
+
+@needs_c
+@pytest.mark.parametrize("row", TAKEN_VLLM_ROWS.values(), ids=TAKEN_VLLM_ROWS.keys())
+def test_vllms_spelling_and_its_neighbours_are_taken_as_msgspec_reads_them(row):
+    """The entry matcher's spelling, and each way out of it into the general steps."""
+    payload = chunk(row=row)
+    assert scan.decode_chat([payload], 2, LOGPROB_FLOOR) is not None
+    same(decode_payloads([payload], 2), decode_payloads_msgspec([payload], 2))
+
+
 DECLINED = {
     "a finish reason": chunk(choice=', "finish_reason": "stop"'),
     "usage": chunk(extra=', "usage": {"completion_tokens": 1}'),
@@ -169,6 +209,9 @@ DECLINED = {
     "a non-object": b"[1]",
     "an empty payload": b"",
     "nesting past 64": chunk(extra=', "deep": ' + "[" * 70 + "]" * 70),
+    "a leading zero among the bytes": chunk(row=VLLM_ROW.replace("[98]", "[098]")),
+    "a null logprob in vLLM's spelling": chunk(row=VLLM_ROW.replace("-1.5", "null")),
+    "an entry without its brace": chunk(row=VLLM_ROW.replace("[98]}]", "[98]]")),
 }
 
 
@@ -219,7 +262,7 @@ BASE = [e[6:].rstrip(b"\n") for e in split_events(vllm_chat_stream(3, 1))][1:3]
     ),
 )
 @example(0, [(60, "put", ord("["))])
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 def test_broken_bytes_are_declined_or_read_as_msgspec_reads_them(which, edits):
     """Random edits of a real vLLM chunk (one or more bytes replaced, inserted or deleted):
     C returns None or exactly msgspec's result, never a result where msgspec fails."""
