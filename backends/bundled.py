@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -111,13 +112,17 @@ def limit_blas_threads(config: Any, threads: int | None = None) -> int | None:
     A small model's matmuls are too short to split across threads: measured here on 2 busy
     cores, OpenBLAS's default 2 threads made batch-64 decoding of a 1.8M-parameter model 16x
     slower (437 vs 7,180 tokens/s) than 1 thread, the threads spinning while waiting for a
-    core. Models with hidden_size > 1024 keep the default.
+    core. Models with hidden_size > 1024 get OpenBLAS's default, a thread per core (the
+    `deepconf` command loads numpy with one: deepconf/entry.py), unless the environment's
+    OPENBLAS_NUM_THREADS names a count.
     """
     from threadpoolctl import threadpool_limits
 
     if threads is None:
         threads = 1 if config.hidden_size <= 1024 else None
-    if threads is not None:
+    if threads is None and "OPENBLAS_NUM_THREADS" not in os.environ:
+        threadpool_limits(limits=os.cpu_count() or 1, user_api="blas")
+    elif threads is not None:
         threadpool_limits(limits=threads, user_api="blas")
     return threads
 

@@ -34,7 +34,7 @@ from typing import Any
 
 # The console script, run by this interpreter. -P: a working directory holding the source
 # folder deepconf/ (without backends/, eval/) must not shadow the installed package.
-CLI = "from deepconf.cli import app; app()"
+CLI = "from deepconf.entry import main; main()"
 # A child runs the console script after tying its life to the parent's.
 CHILD_CLI = "from deepconf.child_processes import die_with_parent; die_with_parent(); " + CLI
 PARENT_ENV = "DEEPCONF_WORKERS_PARENT"  # the parent's pid, as the child must find it

@@ -28,7 +28,7 @@ import httpx
 
 # The `deepconf` console script, run by this interpreter. -P: the working directory's source
 # folder deepconf/ (without backends/, eval/) must not shadow the installed package.
-CLI = "from deepconf.cli import app; app()"
+CLI = "from deepconf.entry import main; main()"
 # The same server without its connection rules (plain uvicorn.run, asyncio's own accept-error
 # logging): the "before" beside it in `deepconf bench hostile`, and nothing else.
 UNGUARDED_CLI = (

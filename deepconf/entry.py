@@ -1,0 +1,37 @@
+"""The `deepconf` command's entry point: what must happen before anything loads, then the CLI.
+
+OpenBLAS, as numpy loads it, starts a thread per core that spins waiting for work before
+it sleeps: ~90 ms of CPU per process on this 2-core machine (`import numpy` costs 0.21
+CPU-s against 0.12 with one thread), paid by every `deepconf` run, eval worker and server
+for nothing, since the orchestrator's arrays are small (a row of k logprobs, a window of
+confidences). So unless the user chose a count, numpy loads with one BLAS thread; the
+variable is removed again at once, so the processes deepconf starts choose for themselves,
+and the bundled engine gives a model big enough to use them every core
+(backends/bundled.py `limit_blas_threads`).
+
+    deepconf = "deepconf.entry:main"     # pyproject.toml [project.scripts]
+"""
+
+from __future__ import annotations
+
+import os
+
+BLAS_THREADS = "OPENBLAS_NUM_THREADS"
+
+
+def load_numpy_with_one_blas_thread() -> None:
+    """Import numpy with one OpenBLAS thread unless the environment names a count."""
+    if BLAS_THREADS in os.environ:
+        return
+    os.environ[BLAS_THREADS] = "1"
+    try:
+        import numpy  # noqa: F401  (OpenBLAS reads the variable as it loads)
+    finally:
+        del os.environ[BLAS_THREADS]
+
+
+def main() -> None:
+    load_numpy_with_one_blas_thread()
+    from deepconf.cli import app
+
+    app()
