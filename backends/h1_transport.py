@@ -367,6 +367,8 @@ class _Connection(asyncio.Protocol):
 
     def _next_piece(self) -> bytes | None:
         """The body bytes that arrived (b"" once the body ended), or None: none yet."""
+        if not self._buf and not self.eof:
+            return b"" if self.body_done else None  # the common "nothing more" of a read
         data = self._take_chunked() if self._chunked else self._take_plain()
         if data or self.body_done:
             return data
