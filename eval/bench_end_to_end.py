@@ -14,10 +14,22 @@ other, best of `--repeats`:
                   what a minimal DeepConf client written on the SDK does
 
 Each client's CPU time (user + system) is what `getrusage(RUSAGE_CHILDREN)` gains when it is
-reaped, so the server's own CPU never counts (it is reaped at the end). Tokens are what each
-client counted itself; the run fails when either counted fewer than N x tokens.
+reaped, so the server's own CPU never counts (it is reaped at the end); the server's CPU in
+the same span is printed beside it. Tokens are what each client counted itself; the run
+fails when either counted fewer than N x tokens.
+
+Who sets the pace: on a 2-core machine the server and the client each take a core. Writing
+one event per write, as a GPU server does, the replay server costs about as much CPU per
+token as deepconf's client, so deepconf keeps up with it: every read finds an event or a
+few waiting, and a client that keeps up never idles (its wall time equals its CPU time)
+however cheap its reads, so its tokens per CPU-second then say how fast the server writes.
+`--events-per-write 16` sends the same events, 16 per write, and the server's CPU per token
+drops several times: the server runs ahead, the client's reads carry what piled up (as a
+client behind a fleet's servers reads), and the figure is the client's own capacity.
+`--token-delay` paces every stream instead, one token per read: the cost per read.
 
     deepconf bench stream --end-to-end                                 # 128 x 2000, 32 in flight
+    deepconf bench stream --end-to-end --events-per-write 16           # the client's capacity
     deepconf bench stream --end-to-end --token-delay 0.005             # one token per read
     deepconf bench stream --end-to-end --traces 4 --tokens 50 --repeats 1   # a smoke run
 """
@@ -48,12 +60,14 @@ SDK = "from deepconf.eval.bench_end_to_end import sdk_main; sdk_main()"
 
 class ReplayServer(_Process):
     """`python -m deepconf.eval.replay_server` on a free loopback port, started and up;
-    `token_delay` > 0 paces every stream at one event per that many seconds."""
+    `token_delay` > 0 paces every stream at one event per that many seconds, and each write
+    carries `events_per_write` events."""
 
-    def __init__(self, token_delay: float = 0.0) -> None:
+    def __init__(self, token_delay: float = 0.0, events_per_write: int = 1) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         flags = ["--port", str(self.port), "--token-delay", repr(token_delay)]
+        flags += ["--events-per-write", str(events_per_write)]
         super().__init__([REPLAY, *flags], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -81,6 +95,7 @@ class Run:
     tokens: int
     cpu_s: float
     wall_s: float
+    server_cpu_s: float = 0.0  # the replay server's, in the same span
 
     @property
     def per_cpu_s(self) -> float:
@@ -189,6 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, default=32, help="streams in flight")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs per client")
     ap.add_argument(
+        "--events-per-write",
+        type=int,
+        default=1,
+        help="SSE events per server write (1: as a GPU server writes; 16: the server's CPU"
+        " per token drops and it runs ahead of the client, whose figure is then its own)",
+    )
+    ap.add_argument(
         "--token-delay",
         type=float,
         default=0.0,
@@ -196,29 +218,35 @@ def main(argv: list[str] | None = None) -> None:
         " e.g. 0.005 paces each stream as a busy GPU does, so every read holds one token)",
     )
     args = ap.parse_args(argv)
+    if args.events_per_write < 1:
+        ap.error("--events-per-write must be at least 1")
     n, t, c = args.traces, args.tokens, args.concurrency
     want = n * t
     pace = f"one event per {args.token_delay:g} s" if args.token_delay else "unpaced"
+    pace += f", {args.events_per_write} event(s) per write"
     print(
         f"end to end: {n} traces x {t} tokens, {c} in flight, 1 token per chunk, k={K},"
         f" replay server ({pace}) in its own process; best of {args.repeats}, CPU = user +"
         " sys of the client process, start-up included"
     )
     runs: dict[str, list[Run]] = {DEEPCONF: [], DEEPCONF_NO_C: [], "openai SDK": []}
-    with ReplayServer(args.token_delay) as server:
+    with ReplayServer(args.token_delay, args.events_per_write) as server:
         for _ in range(args.repeats):
             for run in (run_deepconf, run_deepconf_no_c, run_sdk):  # interleaved: one machine
+                server_before = server.cpu_seconds()
                 r = run(server.base_url, n, t, c)
+                r.server_cpu_s = server.cpu_seconds() - server_before
                 if r.tokens < want:
                     raise RuntimeError(f"{r.client} counted {r.tokens} tokens, not {want}")
                 runs[r.client].append(r)
-    row = "  {:16s} {:>10s} {:>8s} {:>8s} {:>14s}  {}"
-    print(row.format("client", "tokens", "CPU s", "wall s", "tokens/CPU-s", "all repeats"))
+    row = "  {:16s} {:>10s} {:>8s} {:>8s} {:>14s} {:>9s}  {}"
+    head = "client", "tokens", "CPU s", "wall s", "tokens/CPU-s", "server s", "all repeats"
+    print(row.format(*head))
     for name, rs in runs.items():
         b = best(rs)
         every = ", ".join(f"{r.per_cpu_s:,.0f}" for r in rs)
         cells = f"{b.tokens:,}", f"{b.cpu_s:.2f}", f"{b.wall_s:.2f}", f"{b.per_cpu_s:,.0f}"
-        print(row.format(name, *cells, every))
+        print(row.format(name, *cells, f"{b.server_cpu_s:.2f}", every))
     ratio = best(runs[DEEPCONF]).per_cpu_s / best(runs["openai SDK"]).per_cpu_s
     print(f"  deepconf / SDK: {ratio:.1f}x tokens per CPU-second")
     c_ratio = best(runs[DEEPCONF]).per_cpu_s / best(runs[DEEPCONF_NO_C]).per_cpu_s
