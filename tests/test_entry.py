@@ -55,3 +55,15 @@ def test_the_console_script_starts_by_the_entry_point():
         env=clean_env(),
     )
     assert out.returncode == 0 and out.stdout.strip()
+
+
+def test_the_entry_leaves_the_collector_on_with_start_up_frozen():
+    """Off while the CLI's modules load, on again before the command runs."""
+    code = (
+        "import gc, sys; from deepconf import entry; import deepconf.cli as cli;"
+        " cli.app = lambda: print(gc.isenabled(), gc.get_freeze_count() > 1000); entry.main()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, env=clean_env()
+    )
+    assert out.stdout.split() == ["True", "True"], out.stderr
