@@ -18,6 +18,10 @@ wait. https and anything else go to `fallback()` (httpx's own transport, made on
 use); with proxy environment variables set, httpx keeps every request (`default_transport`).
 httpx's transport is the slow reference the tests compare it with.
 
+An event stream's body can also push (`push_body(response).pump(sink)`): each piece goes to
+`sink` from `data_received` as it arrives, so the reader's work runs where the bytes land,
+with no task step per read (backends/response_reader.py); `read_body` is its reference.
+
     client = httpx.AsyncClient(transport=default_transport(limits))
 """
 

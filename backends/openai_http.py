@@ -373,10 +373,7 @@ class OpenAIHttpBackend:
                 delay = self._retry_or_raise(exc, url, reader.delivered, attempt, timing, request)
                 avoid = url
             finally:
-                # Closing the response is what tells the server to stop generating (a prune).
-                if response is not None:
-                    await response.aclose()
-                self._pool.release(url)
+                await self._let_go(response, url)
             await asyncio.sleep(delay)
 
     async def _stream(self, request: TraceRequest) -> AsyncIterator[TokenBatch]:
@@ -398,11 +395,15 @@ class OpenAIHttpBackend:
                 delay = self._retry_or_raise(exc, url, reader.delivered, attempt, timing, request)
                 avoid = url
             finally:
-                # Closing the response is what tells the server to stop generating (a prune).
-                if response is not None:
-                    await response.aclose()
-                self._pool.release(url)
+                await self._let_go(response, url)
             await asyncio.sleep(delay)
+
+    async def _let_go(self, response: httpx.Response | None, url: str) -> None:
+        """The end of one attempt, however it ended."""
+        # Closing the response is what tells the server to stop generating (a prune).
+        if response is not None:
+            await response.aclose()
+        self._pool.release(url)
 
     def _timing(self) -> ReadTiming:
         cfg = self.config
