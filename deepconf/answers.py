@@ -281,6 +281,12 @@ class _Class:
 _PLAIN_INTEGER = re.compile(r"0|-?[1-9][0-9]{0,14}")
 
 
+def is_plain_integer(norm: str) -> bool:
+    """Whether a normalised answer is a plainly written integer: two such answers are equal
+    exactly when their strings are, with no math-verify (and no sympy import) needed."""
+    return _PLAIN_INTEGER.fullmatch(norm) is not None
+
+
 class AnswerKeys:
     """Groups raw answers into equivalence classes; `key(raw)` names raw's class.
 
@@ -332,7 +338,7 @@ class AnswerKeys:
         key = self._by_norm.get(norm)
         if key is not None:
             return key
-        if _PLAIN_INTEGER.fullmatch(norm) and all(c.integer for c in self._classes):
+        if is_plain_integer(norm) and all(c.integer for c in self._classes):
             # A new plain integer among plain integers: a class of its own, parsed later
             # only if an answer of another form must be compared with it.
             self._classes.append(_Class(raw, None, norm))

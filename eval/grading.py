@@ -3,7 +3,10 @@
 `0.5`, `\\frac{1}{2}` and `\\boxed{1/2}` all match a gold of `1/2`. When math-verify cannot
 parse one side, the grade falls back to a normalised string comparison and is marked
 `unparsed`, so the report can count and list it: an unreadable answer is never silently
-graded wrong (or right). This module does no extraction from trace text: it grades the
+graded wrong (or right). Two plainly written integers are compared as strings, as the vote
+compares them (deepconf/answers.py `is_plain_integer`): an eval whose answers are all such
+integers never imports math-verify and sympy, ~0.5 s of CPU in each process (with `--workers
+N`, in the parent and every worker). This module does no extraction from trace text: it grades the
 answer strings the voting step already extracted.
 
 math-verify's default timeouts use `signal.alarm`, which raises off the main thread; we
@@ -20,9 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from math_verify import parse, verify
-
-from deepconf.answers import normalise_answer, too_costly
+from deepconf.answers import is_plain_integer, normalise_answer, too_costly
 
 GradeStatus = Literal["correct", "wrong", "no_answer", "unparsed"]
 
@@ -64,6 +65,8 @@ class Grader:
             return cached
         result: list[Any] = []
         if not too_costly(norm):
+            from math_verify import parse  # sympy: ~0.5 s of a process's start, paid on use
+
             # Math mode first: a bare parse reads "2\\sqrt{2}" as 2. The bare string is a
             # second chance. A parse that holds only strings is math-verify giving up.
             for candidate in (f"${norm}$", norm):
@@ -85,8 +88,12 @@ class Grader:
             return Grade(True, "correct")
         if p_text or g_text:
             return Grade(False, "wrong")
+        if is_plain_integer(p_norm) and is_plain_integer(g_norm):
+            return Grade(False, "wrong")  # two plain integers, not the same string
         p, g = self.parsed(p_norm), self.parsed(g_norm)
         if p and g:
+            from math_verify import verify
+
             try:
                 ok = bool(verify(g, p, timeout_seconds=None))
             except Exception:  # a sympy failure on a comparison: fall back like a parse failure

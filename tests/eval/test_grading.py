@@ -1,10 +1,15 @@
-"""Grading with math-verify: equivalent forms match, unparsable answers are flagged."""
+"""Grading with math-verify: equivalent forms match, unparsable answers are flagged, and
+two plain integers are compared without it (and without importing sympy)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deepconf.eval.grading import Grader, normalise
 
@@ -72,3 +77,25 @@ def test_grading_works_off_the_main_thread() -> None:
 def test_normalise_strips_markup() -> None:
     """The string fallback ignores $, \\text{}, spaces, case and a trailing period."""
     assert normalise("$\\text{East} $.") == "east"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(-(10**15) + 1, 10**15 - 1), st.integers(-(10**15) + 1, 10**15 - 1))
+def test_two_plain_integers_grade_as_math_verify_grades_them(a: int, b: int) -> None:
+    """Compared as strings without math-verify, and math-verify agrees on each pair."""
+    from math_verify import parse, verify
+
+    g = Grader().grade(str(a), str(b))
+    assert g.correct == (a == b) and g.status == ("correct" if a == b else "wrong")
+    assert bool(verify(parse(f"${b}$"), parse(f"${a}$"))) == (a == b)
+
+
+def test_an_eval_of_plain_integers_never_imports_sympy() -> None:
+    """A fresh process grades right and wrong integer answers with sympy never loaded."""
+    code = (
+        "import sys; from deepconf.eval.grading import Grader; g = Grader();"
+        " r = [g.grade('42', '42').status, g.grade('17', '42').status];"
+        " print(r, 'sympy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "['correct', 'wrong'] False", out.stderr
