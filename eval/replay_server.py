@@ -15,6 +15,13 @@ bytes (a client that falls behind reads many events at once anyway), while the s
 CPU per token drops several times, which matters where it shares the client's cores
 (`deepconf bench workers`): a real fleet's servers use none of the client machine's CPU.
 
+The server is a bare asyncio protocol, not an ASGI app under uvicorn: its CPU is the
+benchmarks' noise (it shares the client's two cores), and per write it does no more than
+hand the socket a chunk that was framed once, when the stream was first built. It speaks
+the HTTP/1.1 a client needs here: keep-alive, a Content-Length request body, chunked
+responses, writing paused while the socket is full (asyncio's flow control), and a stream
+dropped when its client closes (a pruned trace).
+
     python -m deepconf.eval.replay_server --port 8500 &
     deepconf solve --base-url http://127.0.0.1:8500/v1 --mode offline --budget 128 ...
 """
@@ -23,17 +30,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from deepconf.eval.bench_stream import split_events, vllm_chat_stream
 
 MODEL = "replay-model"
 ANSWERS = ("42", "42", "42", "17")  # by seed % 4: a clear winner, and something to outvote
-
-ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+MAX_HEAD = 64 * 1024  # a request head longer than this is refused (431)
+MAX_BODY = 16 * 1024 * 1024  # and a body longer than this (413)
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+LAST_CHUNK = b"0\r\n\r\n"
 
 
 @functools.lru_cache(maxsize=64)
@@ -49,57 +60,159 @@ def writes(n_tokens: int, answer: str, events_per_write: int) -> list[bytes]:
     return [b"".join(evs[i : i + events_per_write]) for i in range(0, len(evs), events_per_write)]
 
 
-async def app(
-    scope: dict[str, Any],
-    receive: Any,
-    send: Any,
-    token_delay: float = 0.0,
-    events_per_write: int = 1,
-) -> None:
-    if scope["type"] != "http":
-        return
-    body = b""
-    while True:
-        msg = await receive()
-        body += msg.get("body", b"")
-        if not msg.get("more_body"):
-            break
-    path = scope["path"]
-    if path == "/v1/models":
-        data = json.dumps({"object": "list", "data": [{"id": MODEL}]}).encode()
-        await _respond(send, 200, b"application/json", data)
-        return
-    if path != "/v1/chat/completions":
-        await _respond(send, 404, b"application/json", b'{"error": {"message": "no route"}}')
-        return
-    request = json.loads(body or b"{}")
-    n_tokens = int(request.get("max_tokens") or 2000)
-    seed = int(request.get("seed") or 0)
-    head = [(b"content-type", b"text/event-stream")]
-    await send({"type": "http.response.start", "status": 200, "headers": head})
-    answer = ANSWERS[seed % len(ANSWERS)]
-    for i, data in enumerate(writes(n_tokens, answer, events_per_write)):
-        if i and token_delay:
-            await asyncio.sleep(token_delay)
-        await send({"type": "http.response.body", "body": data, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+@functools.lru_cache(maxsize=64)
+def framed(n_tokens: int, answer: str, events_per_write: int) -> tuple[bytes, ...]:
+    """`writes`, each framed as one HTTP/1.1 chunk, and the last chunk after them."""
+    chunks = [b"%x\r\n%s\r\n" % (len(w), w) for w in writes(n_tokens, answer, events_per_write)]
+    return (*chunks, LAST_CHUNK)
 
 
-def configured(token_delay: float, events_per_write: int) -> ASGIApp:
-    """`app` sleeping `token_delay` seconds between two writes of a stream, each write
-    carrying `events_per_write` events."""
-
-    async def configured_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await app(scope, receive, send, token_delay, events_per_write)
-
-    return configured_app
+def plain_response(status: str, body: bytes, close: bool = False) -> bytes:
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+    head += f"content-length: {len(body)}\r\n"
+    head += "connection: close\r\n\r\n" if close else "\r\n"
+    return head.encode("ascii") + body
 
 
-async def _respond(send: Any, status: int, ctype: bytes, data: bytes) -> None:
-    await send(
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]}
+class ReplayProtocol(asyncio.Protocol):
+    """One client connection: requests one after another (HTTP/1.1 keep-alive), each answered
+    in full before the next is read."""
+
+    def __init__(self, token_delay: float, events_per_write: int) -> None:
+        self.token_delay = token_delay
+        self.events_per_write = events_per_write
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.pending: tuple[bytes, ...] = ()  # the stream's chunks not yet written
+        self.next_chunk = 0
+        self.paused = False  # the socket is full: resume_writing goes on
+        self.timer: asyncio.TimerHandle | None = None
+        self.close_after = False  # the request said `Connection: close`
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None  # a pruned trace: the stream stops here
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.timer is None:
+            self._write_on()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self._streaming():
+            self._next_request()
+
+    def _streaming(self) -> bool:
+        return self.next_chunk < len(self.pending)
+
+    def _next_request(self) -> None:
+        """Answers the request at the front of the buffer, once it is all there."""
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > MAX_HEAD:
+                self._refuse("431 Request Header Fields Too Large")
+            return
+        lines = self.buffer[:end].decode("latin-1").split("\r\n")
+        method, path, *_ = [*lines[0].split(" "), "", ""]
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._refuse("411 Length Required")  # no client here sends chunked requests
+            return
+        try:
+            length = int(headers.get("content-length", "0"))
+        except ValueError:
+            self._refuse("400 Bad Request")
+            return
+        if length > MAX_BODY:
+            self._refuse("413 Content Too Large")
+            return
+        if len(self.buffer) < end + 4 + length:
+            return  # the body is still coming
+        body = self.buffer[end + 4 : end + 4 + length]
+        self.buffer = self.buffer[end + 4 + length :]
+        self.close_after = headers.get("connection", "").lower() == "close"
+        self._answer(method, path, body)
+
+    def _answer(self, method: str, path: str, body: bytes) -> None:
+        path = path.split("?", 1)[0]
+        if path == "/v1/models":
+            listing = json.dumps({"object": "list", "data": [{"id": MODEL}]}).encode()
+            self._send_whole(plain_response("200 OK", listing, self.close_after))
+        elif path != "/v1/chat/completions" or method != "POST":
+            error = b'{"error": {"message": "no route"}}'
+            self._send_whole(plain_response("404 Not Found", error, self.close_after))
+        else:
+            try:
+                request = json.loads(body or b"{}")
+                n_tokens = int(request.get("max_tokens") or 2000)
+                seed = int(request.get("seed") or 0)
+            except (ValueError, TypeError, AttributeError):
+                error = b'{"error": {"message": "the body is not a chat request"}}'
+                self._send_whole(plain_response("400 Bad Request", error, self.close_after))
+                return
+            answer = ANSWERS[seed % len(ANSWERS)]
+            self.pending = framed(n_tokens, answer, self.events_per_write)
+            self.next_chunk = 0
+            assert self.transport is not None
+            self.transport.write(STREAM_HEAD)
+            self._write_on()
+
+    def _write_on(self) -> None:
+        """Writes the stream's next chunks: all the socket takes, or one per `token_delay`."""
+        self.timer = None
+        transport = self.transport
+        while transport is not None and not self.paused and self._streaming():
+            transport.write(self.pending[self.next_chunk])
+            self.next_chunk += 1
+            if self.token_delay > 0 and self.next_chunk < len(self.pending) - 1:
+                loop = asyncio.get_running_loop()
+                self.timer = loop.call_later(self.token_delay, self._write_on)
+                return
+        if transport is not None and not self._streaming() and self.pending:
+            self.pending, self.next_chunk = (), 0
+            self._done()
+
+    def _send_whole(self, response: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(response)
+        self._done()
+
+    def _done(self) -> None:
+        """One response is out: close if asked, else read the next request."""
+        if self.transport is None:
+            return
+        if self.close_after:
+            self.transport.close()
+        elif self.buffer:
+            self._next_request()
+
+    def _refuse(self, status: str) -> None:
+        assert self.transport is not None
+        message = json.dumps({"error": {"message": status}}).encode()
+        self.transport.write(plain_response(status, message, close=True))
+        self.transport.close()
+        self.buffer = b""
+
+
+async def serve(port: int, token_delay: float, events_per_write: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: ReplayProtocol(token_delay, events_per_write), "127.0.0.1", port, backlog=4096
     )
-    await send({"type": "http.response.body", "body": data})
+    async with server:
+        await server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,18 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.events_per_write < 1:
         ap.error("--events-per-write must be at least 1")
-    import uvicorn
-
-    plain = args.token_delay <= 0 and args.events_per_write == 1
-    uvicorn.run(
-        app if plain else configured(args.token_delay, args.events_per_write),
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        backlog=4096,
-    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.port, args.token_delay, args.events_per_write))
 
 
 if __name__ == "__main__":
