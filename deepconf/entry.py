@@ -15,6 +15,12 @@ they loaded, and at every full collection after. It is off while they load and t
 frozen out of its reach after (`gc.freeze`): ~75 -> ~30 ms of a 256,000-token solve's
 collections, counted with gc.callbacks.
 
+Typer builds a click command from every registered function's signature at each start
+(~40 ms of CPU for the nine commands here, most of it evaluating annotations), though one
+command runs: a command line that names a command has only that one built (~5 ms). Anything
+else (`--help`, `--version`, a mistyped name, shell completion) gets the whole group, so
+its listing, suggestions and completions are the same.
+
     deepconf = "deepconf.entry:main"     # pyproject.toml [project.scripts]
 """
 
@@ -22,6 +28,11 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import typer
 
 BLAS_THREADS = "OPENBLAS_NUM_THREADS"
 
@@ -37,11 +48,33 @@ def load_numpy_with_one_blas_thread() -> None:
         del os.environ[BLAS_THREADS]
 
 
+def only_the_named_command(app: typer.Typer, argv: list[str]) -> None:
+    """Leave registered in `app` only the command `argv[1]` names, when it names one and no
+    shell completion is asking (its listing needs them all)."""
+    if len(argv) < 2 or argv[1].startswith("-"):
+        return
+    if any(name.endswith("_COMPLETE") for name in os.environ):
+        return
+    named = [c for c in app.registered_commands if _command_name(c) == argv[1]]
+    if named:
+        app.registered_commands = named
+
+
+def _command_name(info: typer.models.CommandInfo) -> str:
+    """The name typer gives a command: its own, or its function's with dashes."""
+    if info.name:
+        return info.name
+    assert info.callback is not None
+    return info.callback.__name__.lower().replace("_", "-")
+
+
 def main() -> None:
     gc.disable()
     try:
         load_numpy_with_one_blas_thread()
         from deepconf.cli import app
+
+        only_the_named_command(app, sys.argv)
     finally:
         gc.freeze()  # what start-up made stays: no collection walks it again
         gc.enable()

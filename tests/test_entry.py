@@ -67,3 +67,55 @@ def test_the_entry_leaves_the_collector_on_with_start_up_frozen():
         [sys.executable, "-P", "-c", code], capture_output=True, text=True, env=clean_env()
     )
     assert out.stdout.split() == ["True", "True"], out.stderr
+
+
+def _names(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """The commands left registered after `only_the_named_command` on a fresh app."""
+    from deepconf.cli import app
+    from deepconf.entry import _command_name, only_the_named_command
+
+    saved_commands, saved_env = app.registered_commands, dict(os.environ)
+    try:
+        os.environ.update(env or {})
+        only_the_named_command(app, argv)
+        return [_command_name(c) for c in app.registered_commands]
+    finally:
+        app.registered_commands = saved_commands  # the filter edits the app
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def test_a_command_line_that_names_a_command_builds_only_that_one():
+    assert _names(["deepconf", "solve", "2+2?"]) == ["solve"]
+    assert _names(["deepconf", "serve-model"]) == ["serve-model"]
+    assert _names(["deepconf", "eval-merge", "a", "b"]) == ["eval-merge"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["deepconf"], ["deepconf", "--help"], ["deepconf", "--version"], ["deepconf", "slove"]],
+)
+def test_anything_else_gets_every_command(argv):
+    """The listing of --help, the suggestions for a mistyped name."""
+    assert len(_names(argv)) == 9
+
+
+def test_shell_completion_gets_every_command():
+    assert len(_names(["deepconf", "solve"], {"_DEEPCONF_COMPLETE": "complete_bash"})) == 9
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    entry = "from deepconf.entry import main; main()"
+    return subprocess.run(
+        [sys.executable, "-P", "-c", entry, *args], capture_output=True, text=True, env=clean_env()
+    )
+
+
+def test_through_the_entry_a_command_its_help_and_a_mistyped_name_read_as_before():
+    assert "--budget" in _cli("solve", "--help").stdout
+    listing = _cli("--help").stdout
+    assert all(name in listing for name in ("solve", "eval-merge", "serve-model", "doctor"))
+    wrong = _cli("slove")
+    assert wrong.returncode == 2 and "No such command" in wrong.stderr
+    bad_flag = _cli("solve", "x", "--no-such-flag")
+    assert bad_flag.returncode == 2 and "--no-such-flag" in bad_flag.stderr
