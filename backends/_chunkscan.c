@@ -2,6 +2,8 @@
  *
  * decode_chat(payloads: list[bytes], k: int, floor: float)
  *     -> (values: bytearray, confs: bytearray, text: str, reasoning: str) | None
+ * decode_chat_prefix(payloads: list[bytes], k: int, floor: float)
+ *     -> (values, confs, text, reasoning, taken: int) | None
  *
  * values holds n x k float64, each row sorted largest first and clamped into [floor, 0]:
  * exactly what backends/sse.py's msgspec path returns for the same read. confs holds the
@@ -14,6 +16,10 @@
  * checked against the JSON grammar and UTF-8, skipped values included).
  * So this module may only ever be stricter than msgspec, never more lenient; the tests
  * compare it with the msgspec path and with the json-module reference on the same reads.
+ *
+ * decode_chat_prefix reads the payloads up to the first one decode_chat would decline and
+ * says how many it took: the read that ends a stream (its finish reason, its usage) is a
+ * whole read of 130 tokens when the client lags, and only its last chunks need msgspec.
  *
  * Why C: msgspec builds ~22 structs and floats per top-20 token only for Python to copy
  * them into a list and then an array; here each number goes from the bytes to the array.
@@ -679,8 +685,35 @@ static Status chunk_field(Scan *s, const unsigned char *k, Py_ssize_t len, unsig
     return skip_value(s);
 }
 
-static PyObject *decode_chat(PyObject *self, PyObject *args) {
-    (void)self;
+/* Scan the payloads in order; stop at the first one outside the common shape. Returns the
+ * number taken whole (what s holds is theirs alone: a declined payload's partial rows and
+ * text are cut off again), or -1 with a Python error set. */
+static Py_ssize_t scan_payloads(Scan *s, PyObject *payloads) {
+    Py_ssize_t n = PyList_GET_SIZE(payloads);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyList_GET_ITEM(payloads, i);
+        if (!PyBytes_Check(p)) return i;
+        Py_ssize_t values = s->values.len, confs = s->confs.len;
+        Py_ssize_t text = s->text.len, reasoning = s->reasoning.len;
+        s->p = (const unsigned char *)PyBytes_AS_STRING(p);
+        s->end = s->p + PyBytes_GET_SIZE(p);
+        s->depth = 0;
+        Status st = object(s, chunk_field, NULL);
+        if (st == OK && peek(s) != -1) st = BAIL; /* anything after the object */
+        if (st == FAIL) return -1;
+        if (st != OK) {
+            s->values.len = values;
+            s->confs.len = confs;
+            s->text.len = text;
+            s->reasoning.len = reasoning;
+            return i;
+        }
+    }
+    return n;
+}
+
+/* decode_chat and decode_chat_prefix: `whole` declines a read unless every payload is taken. */
+static PyObject *decode(PyObject *args, int whole) {
     PyObject *payloads;
     int k;
     double floor;
@@ -691,33 +724,22 @@ static PyObject *decode_chat(PyObject *self, PyObject *args) {
     s.k = k;
     s.floor = floor;
     PyObject *result = NULL;
-    Status st = OK;
     Py_ssize_t n = PyList_GET_SIZE(payloads);
-    for (Py_ssize_t i = 0; i < n && st == OK; i++) {
-        PyObject *p = PyList_GET_ITEM(payloads, i);
-        if (!PyBytes_Check(p)) {
-            st = BAIL;
-            break;
-        }
-        s.p = (const unsigned char *)PyBytes_AS_STRING(p);
-        s.end = s.p + PyBytes_GET_SIZE(p);
-        s.depth = 0;
-        st = object(&s, chunk_field, NULL);
-        if (st == OK && peek(&s) != -1) st = BAIL; /* anything after the object */
-    }
-    if (st == OK) {
+    Py_ssize_t taken = scan_payloads(&s, payloads);
+    if (taken >= 0 && ((taken == 0 && n > 0) || (whole && taken < n))) {
+        result = Py_NewRef(Py_None);
+    } else if (taken >= 0) {
         PyObject *values = PyByteArray_FromStringAndSize(s.values.data, s.values.len);
         PyObject *confs = PyByteArray_FromStringAndSize(s.confs.data, s.confs.len);
         PyObject *text = PyUnicode_DecodeUTF8(s.text.data, s.text.len, "strict");
         PyObject *reasoning = PyUnicode_DecodeUTF8(s.reasoning.data, s.reasoning.len, "strict");
         if (values && confs && text && reasoning)
-            result = PyTuple_Pack(4, values, confs, text, reasoning);
+            result = whole ? PyTuple_Pack(4, values, confs, text, reasoning)
+                           : Py_BuildValue("(OOOOn)", values, confs, text, reasoning, taken);
         Py_XDECREF(values);
         Py_XDECREF(confs);
         Py_XDECREF(text);
         Py_XDECREF(reasoning);
-    } else if (st == BAIL) {
-        result = Py_NewRef(Py_None);
     }
     PyMem_Free(s.values.data);
     PyMem_Free(s.confs.data);
@@ -728,6 +750,16 @@ static PyObject *decode_chat(PyObject *self, PyObject *args) {
     return result;
 }
 
+static PyObject *decode_chat(PyObject *self, PyObject *args) {
+    (void)self;
+    return decode(args, 1);
+}
+
+static PyObject *decode_chat_prefix(PyObject *self, PyObject *args) {
+    (void)self;
+    return decode(args, 0);
+}
+
 static PyMethodDef methods[] = {
     {"decode_chat", decode_chat, METH_VARARGS,
      "decode_chat(payloads, k, floor) -> (values, confs, text, reasoning) | None\n\n"
@@ -735,6 +767,10 @@ static PyMethodDef methods[] = {
      "[floor, 0]) and n token confidences, as bytearrays, and the joined content and\n"
      "reasoning text; None when the read is not that common shape and the msgspec path\n"
      "must decide."},
+    {"decode_chat_prefix", decode_chat_prefix, METH_VARARGS,
+     "decode_chat_prefix(payloads, k, floor) -> (values, confs, text, reasoning, taken) | None\n\n"
+     "decode_chat of the payloads before the first one outside the common shape (taken of\n"
+     "them, all when none is); None when the first one already is."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -44,6 +44,13 @@ def test_a_vllm_stream_is_read_by_the_c_path_read_after_read():
         fast = decode_payloads(r, 20)
         same(fast, decode_payloads_msgspec(r, 20))
         same(fast, decode_payloads_reference(r, 20))
+    # The last read: C takes its chunks up to the stream's end, msgspec the rest.
+    last = reads[-1]
+    prefix = scan.decode_chat_prefix(last, 20, LOGPROB_FLOOR)
+    assert prefix is not None and 0 < prefix[4] < len(last)
+    assert scan.decode_chat(last[: prefix[4]], 20, LOGPROB_FLOOR) == prefix[:4]
+    assert scan.decode_chat(last[: prefix[4] + 1], 20, LOGPROB_FLOOR) is None
+    assert b'"finish_reason":' in last[prefix[4]] or b'"usage":' in last[prefix[4]]
 
 
 # --- valid chat chunks in every spelling ------------------------------------------------------
@@ -304,3 +311,35 @@ def test_c_confidences_are_the_mean_of_each_clamped_row():
     got = decode_payloads([chunk(row=row), chunk(row=row.replace("-9999", "-3"))], 4)
     assert got.token_conf.tolist() == [103 / 4, 6 / 4]
     assert got.top_logprobs.tolist() == [[0.0, -1.0, -2.0, -100.0], [0.0, -1.0, -2.0, -3.0]]
+
+
+@needs_c
+@pytest.mark.parametrize("name", DECLINED)
+@pytest.mark.parametrize("at", [0, 1, 3, 5])
+def test_a_read_declined_midway_joins_c_s_chunks_and_msgspec_s_as_msgspec_reads_it(name, at):
+    """The chunks before the first declined one are C's, the rest msgspec's: the read decodes
+    exactly as msgspec alone decodes it (or fails as it fails, naming the same token), and
+    its token confidences are left to the controller."""
+    payloads = [chunk() for _ in range(5)]
+    payloads.insert(at, DECLINED[name])
+    try:
+        want = decode_payloads_msgspec(payloads, 2, offset=7)
+    except StreamError as exc:
+        with pytest.raises(StreamError) as got:
+            decode_payloads(payloads, 2, offset=7)
+        assert str(got.value) == str(exc)
+        return
+    got = decode_payloads(payloads, 2, offset=7)
+    same(got, want)
+    prefix = scan.decode_chat_prefix(payloads, 2, LOGPROB_FLOOR)
+    assert (prefix is None) == (at == 0)
+    if prefix is not None:
+        assert prefix[4] == at and got.token_conf is None
+
+
+@needs_c
+def test_the_prefix_of_a_read_c_takes_whole_is_the_whole_read():
+    payloads = [chunk() for _ in range(4)]
+    whole = scan.decode_chat(payloads, 2, LOGPROB_FLOOR)
+    assert scan.decode_chat_prefix(payloads, 2, LOGPROB_FLOOR) == (*whole, 4)
+    assert scan.decode_chat_prefix([], 2, LOGPROB_FLOOR)[4] == 0

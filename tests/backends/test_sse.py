@@ -676,3 +676,22 @@ def test_plain_data_events_in_reads_of_any_size_frame_as_the_reference(read):
     stream = vllm_chat_stream(40, 1)
     cuts = list(range(read, len(stream), read))
     assert feed_all(SSEDecoder(), stream, cuts) == sse_events_reference(stream)
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [
+        # one payload that is two chunks, beside a whole one
+        [b'{"choices": []},{"choices": []}', b'{"choices": []}'],
+        # a chunk cut across two payloads, each half a JSON value only with the other
+        [b'{"choices": [{"index": 0, "delta": {"content": "a"', b'"b"}}]}'],
+        [b'{"choices": [{"index": 0}', b'{"index": 1}]}'],
+    ],
+)
+def test_payloads_that_are_not_one_object_each_fail_loudly(payloads):
+    """Each payload is one JSON object: payloads that only make chunks when joined (as a
+    JSON array would join them) are a broken stream, not chunks."""
+    with pytest.raises(StreamError, match="unreadable stream chunk"):
+        sse_module.decode_payloads_msgspec(payloads, 2)
+    with pytest.raises(StreamError, match="unreadable stream chunk"):
+        decode_payloads(payloads, 2)
