@@ -18,18 +18,18 @@ reaped, so the server's own CPU never counts (it is reaped at the end); the serv
 the same span is printed beside it. Tokens are what each client counted itself; the run
 fails when either counted fewer than N x tokens.
 
-Who sets the pace: on a 2-core machine the server and the client each take a core. Writing
-one event per write, as a GPU server does, the replay server costs about as much CPU per
-token as deepconf's client, so deepconf keeps up with it: every read finds an event or a
-few waiting, and a client that keeps up never idles (its wall time equals its CPU time)
-however cheap its reads, so its tokens per CPU-second then say how fast the server writes.
-`--events-per-write 16` sends the same events, 16 per write, and the server's CPU per token
-drops several times: the server runs ahead, the client's reads carry what piled up (as a
-client behind a fleet's servers reads), and the figure is the client's own capacity.
+Who sets the pace: on a 2-core machine the server and the client each take a core, and a
+client that keeps up with its server never idles (its wall time equals its CPU time) however
+cheap its reads, so its tokens per CPU-second would then say how fast the server writes. The
+replay server hands the socket chunks framed once (eval/replay_server.py) and spends about a
+third of deepconf's CPU per token even writing one event per write, as a GPU server does: it
+runs ahead, the client's reads carry what piled up (as a client behind a fleet's servers
+reads), and the figure is the client's own. `--events-per-write 16` sends the same events 16
+to a write, which spares the server's CPU where it shares cores with several clients.
 `--token-delay` paces every stream instead, one token per read: the cost per read.
 
     deepconf bench stream --end-to-end                                 # 128 x 2000, 32 in flight
-    deepconf bench stream --end-to-end --events-per-write 16           # the client's capacity
+    deepconf bench stream --end-to-end --events-per-write 16           # less server CPU
     deepconf bench stream --end-to-end --token-delay 0.005             # one token per read
     deepconf bench stream --end-to-end --traces 4 --tokens 50 --repeats 1   # a smoke run
 """
