@@ -21,14 +21,25 @@ command runs: a command line that names a command has only that one built (~5 ms
 else (`--help`, `--version`, a mistyped name, shell completion) gets the whole group, so
 its listing, suggestions and completions are the same.
 
+And the end: when the command is done, the interpreter's finalization tears down every
+module and object of a process about to vanish: 53-77 ms of CPU after the last atexit
+handler of a 256,000-token solve (six runs; 5-9 ms with the exit below), about what 7,000
+of its tokens cost to read. So once the command has exited,
+its atexit handlers run and the standard streams are flushed as finalization would, and
+the process leaves by os._exit. Every file deepconf writes is closed or flushed by then (a
+trace line is flushed as it is written, results files are replaced whole); with another
+non-daemon thread still running, the normal exit runs instead, which waits for it.
+
     deepconf = "deepconf.entry:main"     # pyproject.toml [project.scripts]
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -78,4 +89,35 @@ def main() -> None:
     finally:
         gc.freeze()  # what start-up made stays: no collection walks it again
         gc.enable()
-    app()
+    try:
+        app()  # click ends every command, and every error, in sys.exit
+    except SystemExit as done:
+        leave_now(done.code)
+        raise
+
+
+# Python's own exit status when flushing stdout fails at exit (a closed pipe)
+FLUSH_FAILED = 120
+
+
+def leave_now(code: object) -> None:
+    """Exit with `code` as SystemExit(code) would, less the interpreter's finalization;
+    returns (for the normal exit) while another non-daemon thread runs."""
+    main = threading.main_thread()
+    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        return
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # SystemExit("message"): the message goes to stderr, the status is 1
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            status = status or FLUSH_FAILED
+    os._exit(status)

@@ -129,3 +129,46 @@ def test_through_the_entry_a_command_its_help_and_a_mistyped_name_read_as_before
     assert wrong.returncode == 2 and "No such command" in wrong.stderr
     bad_flag = _cli("solve", "x", "--no-such-flag")
     assert bad_flag.returncode == 2 and "--no-such-flag" in bad_flag.stderr
+
+
+# --- the end: leave_now ------------------------------------------------------------------------
+
+LEAVE = """
+import atexit, sys, threading, time
+from pathlib import Path
+from deepconf.entry import leave_now
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+{body}
+"""
+
+
+def _leave(tmp_path, body: str) -> subprocess.CompletedProcess[str]:
+    code = LEAVE.format(body=body)
+    return subprocess.run(
+        [sys.executable, "-P", "-c", code, str(tmp_path)], capture_output=True, text=True
+    )
+
+
+def test_leaving_keeps_the_status_the_atexit_handlers_and_every_byte_written(tmp_path):
+    done = _leave(tmp_path, "print('x' * 1_000_000, end=''); sys.stdout.write('end'); leave_now(3)")
+    assert done.returncode == 3
+    assert done.stdout == "x" * 1_000_000 + "end"  # block-buffered into a pipe, flushed
+    assert (tmp_path / "atexit").read_text() == "ran"
+
+
+@pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (2, 2), ("a message", 1)])
+def test_leaving_reads_the_code_as_system_exit_does(tmp_path, code, status):
+    done = _leave(tmp_path, f"leave_now({code!r})")
+    assert done.returncode == status
+    assert ("a message" in done.stderr) == (code == "a message")
+
+
+def test_a_running_thread_gets_the_normal_exit_which_waits_for_it(tmp_path):
+    """A non-daemon thread still working: leave_now returns, and Python's own exit joins the
+    thread before it ends the process, so what the thread writes is written."""
+    work = "lambda: (time.sleep(0.3), (out / 'thread').write_text('done'))"
+    body = f"t = threading.Thread(target={work})\nt.start()\nleave_now(0)\nprint('returned')"
+    done = _leave(tmp_path, body)
+    assert done.returncode == 0 and done.stdout.strip() == "returned"
+    assert (tmp_path / "thread").read_text() == "done"
