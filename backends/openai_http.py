@@ -53,7 +53,7 @@ from deepconf.backends.routing import (
     retry_delay,
     split_weight,
 )
-from deepconf.backends.sse import DEFAULT_MAX_EVENT_BYTES
+from deepconf.backends.sse_framing import DEFAULT_MAX_EVENT_BYTES
 from deepconf.backends.stream_audit import StreamAudit
 from deepconf.config import StrictModel
 from deepconf.errors import (

@@ -35,7 +35,8 @@ import httpx
 from deepconf.backend import TokenBatch
 from deepconf.backends.h1_transport import PushBody
 from deepconf.backends.http_errors import HttpErrors
-from deepconf.backends.sse import Decoded, SSEDecoder, decode_payloads
+from deepconf.backends.sse import Decoded, decode_payloads
+from deepconf.backends.sse_framing import SSEDecoder
 from deepconf.backends.stream_audit import StreamAudit
 from deepconf.backends.watchdog import Watchdog
 from deepconf.errors import StreamError

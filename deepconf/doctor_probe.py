@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 import httpx
 
-from deepconf.backends.sse import DONE, SSEDecoder
+from deepconf.backends.sse import DONE
+from deepconf.backends.sse_framing import SSEDecoder
 from deepconf.errors import ConfigError, ConnectError, StreamError
 
 # A prompt most models answer at some length; completions get a list to continue.

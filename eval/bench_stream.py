@@ -43,9 +43,10 @@ import numpy as np
 import orjson
 
 from deepconf.backend import TraceRequest
-from deepconf.backends import sse
+from deepconf.backends import sse, sse_framing
 from deepconf.backends.openai_http import PROBE_TOKENS, HttpBackendConfig, OpenAIHttpBackend
-from deepconf.backends.sse import SSEDecoder, decode_payloads
+from deepconf.backends.sse import decode_payloads
+from deepconf.backends.sse_framing import SSEDecoder
 from deepconf.confidence import GroupWindow, token_confidence
 from deepconf.config import SamplingConfig
 
@@ -139,12 +140,12 @@ def run_deepconf(pieces: list[bytes], window: int) -> Sink:
 
 def run_without_c(pieces: list[bytes], window: int) -> Sink:
     """`run_deepconf` with the C parts off, as DEEPCONF_NO_C=1 makes them: Python alone."""
-    saved = sse._chunkscan, sse._framing
-    sse._chunkscan = sse._framing = None
+    saved = sse._chunkscan, sse_framing._framing
+    sse._chunkscan = sse_framing._framing = None
     try:
         return run_deepconf(pieces, window)
     finally:
-        sse._chunkscan, sse._framing = saved
+        sse._chunkscan, sse_framing._framing = saved
 
 
 def _rows_from_dict(obj: dict, rows: list[list[float]]) -> None:

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from deepconf.backends import h1_transport, sse
+from deepconf.backends import h1_transport, sse_framing
 from deepconf.backends.h1_transport import _Connection, _whole_chunks
-from deepconf.backends.sse import SSEDecoder, sse_events_reference
+from deepconf.backends.sse_framing import SSEDecoder, sse_events_reference
 from deepconf.eval.bench_stream import vllm_chat_stream
 
 framing = h1_transport._framing
@@ -154,8 +154,8 @@ def test_data_events_frame_as_the_python_steps_do(events, cuts, limit):
         last = cut
     results = []
     for c_part in (True, False):
-        saved = sse._framing
-        sse._framing = saved if c_part else None
+        saved = sse_framing._framing
+        sse_framing._framing = saved if c_part else None
         dec, got = SSEDecoder(limit), []
         try:
             for r in reads:
@@ -164,7 +164,7 @@ def test_data_events_frame_as_the_python_steps_do(events, cuts, limit):
         except Exception as exc:  # the same error, in the same read
             got.append(str(exc))
         finally:
-            sse._framing = saved
+            sse_framing._framing = saved
         results.append(got)
     assert results[0] == results[1]
     if limit == 10_000:

@@ -42,8 +42,8 @@ def test_a_part_that_was_never_built_loads_as_none(monkeypatch):
 @pytest.mark.parametrize("value", ["1", "0"])
 def test_a_process_started_with_the_switch_reads_streams_in_python_alone(value):
     code = (
-        "from deepconf.backends import h1_transport, sse\n"
-        "print([m is None for m in (sse._chunkscan, sse._framing, h1_transport._framing)])"
+        "from deepconf.backends import h1_transport, sse, sse_framing\n"
+        "print([m is None for m in (sse._chunkscan, sse_framing._framing, h1_transport._framing)])"
     )
     env = {**os.environ, native.SWITCH: value}
     out = subprocess.run(

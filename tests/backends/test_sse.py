@@ -13,13 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepconf.backends import sse as sse_module
-from deepconf.backends.sse import (
+from deepconf.backends import sse_framing
+from deepconf.backends.sse import decode_payloads, decode_payloads_reference, top_k_matrix
+from deepconf.backends.sse_framing import (
     DEFAULT_MAX_EVENT_BYTES,
     SSEDecoder,
-    decode_payloads,
-    decode_payloads_reference,
     sse_events_reference,
-    top_k_matrix,
 )
 from deepconf.errors import ConfigError, StreamError
 
@@ -28,13 +27,13 @@ from deepconf.errors import ConfigError, StreamError
 def decoder_path(request):
     """Every test here runs with the C fast paths (backends/_chunkscan.c, _framing.c) and in
     Python alone (an install without a C compiler): both must equal the json reference."""
-    saved = sse_module._chunkscan, sse_module._framing
+    saved = sse_module._chunkscan, sse_framing._framing
     if request.param == "msgspec":
-        sse_module._chunkscan = sse_module._framing = None
+        sse_module._chunkscan = sse_framing._framing = None
     elif None in saved:
         pytest.skip("the C part was not built (no C compiler)")
     yield
-    sse_module._chunkscan, sse_module._framing = saved
+    sse_module._chunkscan, sse_framing._framing = saved
 
 
 def chat_chunk(tokens: list[tuple[str, list[float]]], *, reasoning: bool = False, **choice):
