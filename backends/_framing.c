@@ -1,5 +1,5 @@
 /* The common case of the two framings a stream read goes through, in C: HTTP/1.1 chunked
- * transfer coding (backends/h1_transport.py) and server-sent events (backends/sse.py).
+ * transfer coding (backends/h1_transport.py) and server-sent events (backends/sse_framing.py).
  *
  * whole_chunks(buf: bytearray, pos: int) -> (pos: int, data: bytes)
  *     The chunks "SIZE\r\nDATA\r\n" that lie whole in buf from pos, back to back: their

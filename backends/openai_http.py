@@ -10,8 +10,9 @@ translates them. Every trace's stream is audited (backends/stream_audit.py): it 
 what arrived with a finish reason and logprobs; deadlines measure progress (time since the
 last token), not bytes.
 
-What it does not do: parse bytes (backends/sse.py), pick endpoints (backends/routing.py) or
-judge a server's logprobs before the first trace (backends/logprob_probe.py).
+What it does not do: parse bytes (backends/sse_framing.py, backends/sse.py), pick endpoints
+(backends/routing.py) or judge a server's logprobs before the first trace
+(backends/logprob_probe.py).
 
     backend = OpenAIHttpBackend(HttpBackendConfig(base_urls=["http://localhost:8000/v1"]))
     await backend.open()                                  # discovers the model, probes logprobs
