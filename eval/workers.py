@@ -43,7 +43,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from deepconf.child_processes import (
     start_child,
     stop_children,
     terminate_as_interrupt,
+    wait_for_an_exit,
 )
 from deepconf.errors import ConfigError
 from deepconf.eval.datasets import EvalProblem
@@ -67,7 +67,7 @@ WORKERS_DIR = ".workers"
 LOG_NAME = "worker.log"
 # Flags the parent sets per worker; every other flag given passes through unchanged.
 PER_WORKER = ("workers", "shard", "max_traces", "output")
-POLL_S = 0.2  # how often the parent looks at its workers (progress, exits)
+POLL_S = 0.2  # how often the parent looks at its workers' progress (an exit wakes it at once)
 ERROR_LINES = 8  # a failed worker's last log lines shown
 
 
@@ -257,7 +257,7 @@ def _watch(
             raise _failure(workers[failed], codes[failed])
         if all(code == 0 for code in codes):
             return
-        time.sleep(POLL_S)
+        wait_for_an_exit(procs, POLL_S)
 
 
 def _start(worker: Worker, argv: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import time
 from typing import Any
 
 from deepconf.child_processes import (
@@ -35,6 +34,7 @@ from deepconf.child_processes import (
     start_child,
     stop_children,
     terminate_as_interrupt,
+    wait_for_an_exit,
 )
 from deepconf.errors import ConfigError
 from deepconf.serve.connections import BACKLOG, ConnectionGuard
@@ -43,7 +43,7 @@ log = logging.getLogger("deepconf.serve")
 
 # Flags the parent sets per worker; every other flag given passes through unchanged.
 PER_WORKER = ("workers", "listen_fd", "max_concurrent_solves")
-POLL_S = 0.2  # how often the parent looks at its workers
+POLL_S = 0.2  # the longest the parent waits between looks (an exit wakes it at once)
 
 
 def solve_shares(limit: int, count: int) -> list[int]:
@@ -107,4 +107,4 @@ def _watch(procs: list[subprocess.Popen[bytes]]) -> None:
                 f"serve worker {i}/{len(procs)} {exit_described(code)}; the other workers were"
                 " stopped (its own messages are above)"
             )
-        time.sleep(POLL_S)
+        wait_for_an_exit(procs, POLL_S)
