@@ -154,6 +154,7 @@ async def _eval_main(
     max_traces: int,
     parallel: int,
     view: Console,
+    claim: Callable[[str], bool] | None = None,
 ) -> list[dict[str, Any]]:
     from deepconf.eval.runner import read_results, run_eval
 
@@ -176,6 +177,7 @@ async def _eval_main(
                 max_traces=max_traces,
                 parallel=parallel,
                 on_result=on_result,
+                claim=claim,
             )
         finally:
             await backend.aclose()
@@ -313,6 +315,12 @@ def eval_command(
     max_traces: Annotated[
         int, typer.Option("--max-traces", help="Traces streaming at once, over all problems.")
     ] = 64,
+    claims: Annotated[
+        Path | None,
+        # Set by --workers for its workers (eval/workers.py Claims): after this shard's
+        # problems, take the node's others not yet claimed in this folder.
+        typer.Option("--claims", hidden=True),
+    ] = None,
     parallel: Annotated[
         int, typer.Option("--parallel", help="Problems in progress at once (per worker).")
     ] = 4,
@@ -366,11 +374,14 @@ def eval_command(
             from deepconf.eval.workers import split_limit
 
             split_limit(max_traces, workers)  # refuse a bad count before any work
+        every = problems
         if shard is not None:
             from deepconf.eval.shards import Shard
 
             part = Shard.parse(shard)
             problems = part.select(problems)
+        if claims is not None and (part is None or workers != 1):
+            raise ConfigError("--claims is for the workers of eval --workers: leave it out")
         chosen = parse_methods(methods)
         backend = backend_from_flags(
             base_url,
@@ -413,6 +424,12 @@ def eval_command(
             from deepconf.eval.shards import record_shard
 
             record_shard(output, part, problems)
+        claim = None
+        if claims is not None and part is not None:
+            from deepconf.eval.workers import Claims
+
+            problems = Claims(claims).order(every, part)
+            claim = Claims(claims).take
         if workers > 1:
             from deepconf.eval.workers import plan_workers
 
@@ -427,7 +444,9 @@ def eval_command(
                     " finish and merge them"
                 )
             results = asyncio.run(
-                _eval_main(backend, problems, config, chosen, output, max_traces, parallel, err)
+                _eval_main(
+                    backend, problems, config, chosen, output, max_traces, parallel, err, claim
+                )
             )
         title = f"{dataset}: {len(results)} problems, budget {config.budget}"
         write_report(

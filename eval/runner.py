@@ -335,9 +335,12 @@ async def run_eval(
     max_traces: int = 64,
     parallel: int = 4,
     on_result: ResultCallback | None = None,
+    claim: Callable[[str], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate the problems not yet in output/results.jsonl; return every results line,
-    old and new. `on_result` sees each new line as it is written (progress views)."""
+    old and new. `on_result` sees each new line as it is written (progress views). With
+    `claim` (eval --workers' workers), a problem runs only if claim(its id) is True when
+    its turn comes: the problems are offered in order, `parallel` at a time."""
     if max_traces < 1 or parallel < 1:
         raise ConfigError("--max-traces and --parallel must be at least 1")
     if any(m in ONLINE_METHODS for m in methods) and config.warmup > config.budget:
@@ -358,6 +361,8 @@ async def run_eval(
 
         async def one(problem: EvalProblem) -> None:
             async with problem_slots:
+                if claim is not None and not claim(problem.problem_id):
+                    return  # another worker has it
                 line = await eval_problem(ctx, problem)
             # One write + flush per problem: a kill loses at most the problems in flight.
             out.write(json.dumps(line, default=json_default) + "\n")

@@ -13,16 +13,22 @@ command a user could run by hand on another machine, it gets its backend from th
 killed worker is just a killed eval whose folder resumes as any eval folder does.
 
 What it deliberately does not do: share one results file between processes (each worker owns
-its folder; only the merge writes OUT), or balance problems by their cost (shards are by
-position, as --shard's are: the sizes differ by at most one problem).
+its folder; only the merge writes OUT).
 
+- Sharing the work: a worker runs its own shard (by position, as --shard's) first, then
+  takes the problems its siblings have not started, from the end of the list; a problem is
+  taken by creating its file in OUT/.workers/claims/ (`Claims`), which one worker alone can
+  do. So a worker on a slower core, or one whose problems run longer, does not leave the
+  other cores idle at the end. A problem's record does not depend on the worker that ran
+  it, so the merged folder still equals a one-worker run's.
 - The trace limit: worker i gets floor(L/N) traces at once, plus one for the first L mod N
   workers, so the sum is exactly --max-traces L; N > L is refused. --parallel (problems in
   progress) applies to each worker.
 - Resume: OUT stays the one record. Before the workers start, each worker folder is given
-  (hard links) the problems of its shard that OUT already holds, so a rerun after a kill, a
-  run that raises --limit, or --workers on a folder a one-worker run began all run only what
-  is missing. After the merge OUT/.workers is removed. OUT/results.jsonl is replaced in one
+  (hard links) the problems of its shard that OUT already holds and no worker folder has,
+  and the claims are reset to the finished problems, so a rerun after a kill, a run that
+  raises --limit, or --workers on a folder a one-worker run began all run only what is
+  missing. After the merge OUT/.workers is removed. OUT/results.jsonl is replaced in one
   rename after the trace files it names are in place: a kill leaves the old file or the new.
 - Stopping: a worker that exits non-zero, Ctrl-C or SIGTERM to the parent stops every
   worker (SIGTERM, then SIGKILL after a grace) before the parent exits. A parent killed
@@ -39,6 +45,7 @@ position, as --shard's are: the sizes differ by at most one problem).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -66,7 +73,9 @@ from deepconf.eval.shards import Shard, link_or_copy, merge_shards
 WORKERS_DIR = ".workers"
 LOG_NAME = "worker.log"
 # Flags the parent sets per worker; every other flag given passes through unchanged.
-PER_WORKER = ("workers", "shard", "max_traces", "output")
+PER_WORKER = ("workers", "shard", "max_traces", "output", "claims")
+CLAIMS_DIR = "claims"  # in OUT/.workers: which problems the workers have taken (Claims)
+NODE_FILE = "node.json"  # in the claims folder: the node's problem ids, in order
 POLL_S = 0.2  # how often the parent looks at its workers' progress (an exit wakes it at once)
 ERROR_LINES = 8  # a failed worker's last log lines shown
 
@@ -128,24 +137,29 @@ def prepare(
     manifest: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Give each worker folder its manifest (the eval's, naming its shard) and the finished
-    problems of its shard that OUT holds and it lacks; return every finished problem's line.
+    problems of its shard that OUT holds and no worker folder has; set the claims (the
+    finished problems taken, every other problem free); return every finished problem's line.
 
     Refuses worker folders left by a run with another worker count: their shards differ."""
     _check_split(workers, output)
     done = _raw_lines(output / "results.jsonl")
-    seen = []
     for worker in workers:
         check_manifest(worker.folder, {**manifest, "shard": str(worker.shard)})
-        have = _raw_lines(worker.folder / "results.jsonl")
+    held = [_raw_lines(worker.folder / "results.jsonl") for worker in workers]
+    anywhere = {pid for lines in held for pid in lines}  # a worker may hold another's problem
+    node = {p.problem_id for p in problems}
+    seen = []
+    for worker, have in zip(workers, held, strict=True):
         mine = {p.problem_id for p in worker.select(problems)}
-        add = [done[pid] for pid in done if pid in mine and pid not in have]
+        add = [done[pid] for pid in done if pid in mine and pid not in anywhere]
         for text in add:
             _link_traces(output, json.loads(text), worker.folder)
         if add:
             with (worker.folder / "results.jsonl").open("a", encoding="utf-8") as f:
                 f.write("".join(text + "\n" for text in add))
-        seen += [json.loads(text) for pid, text in have.items() if pid in mine]
+        seen += [json.loads(text) for pid, text in have.items() if pid in node]
         seen += [json.loads(text) for text in add]
+    Claims.reset(output / WORKERS_DIR / CLAIMS_DIR, problems, {line["problem_id"] for line in seen})
     return seen
 
 
@@ -188,6 +202,62 @@ def _link_traces(output: Path, line: dict[str, Any], folder: Path) -> None:
             )
         target.unlink(missing_ok=True)  # a killed attempt's partial file
         link_or_copy(source, target)
+
+
+# --- sharing the work: claims -----------------------------------------------------------------
+
+
+class Claims:
+    """Which of the node's problems a worker has taken, as one file per problem in
+    OUT/.workers/claims/ created with O_EXCL: of two workers asking for the same problem,
+    exactly one gets it, on any local file system, with no lock and no channel to the parent.
+
+    A worker runs its own shard first and then takes what its siblings have not started,
+    from the end of the node's list (the owner works from the front, so the two meet in the
+    middle): a worker on a slower core, or with the harder problems (an online method stops
+    early on some, not on others), no longer holds the others' cores idle at the end.
+    Which worker ran a problem changes nothing in its record: its seeds are the problem's."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @staticmethod
+    def reset(folder: Path, problems: Sequence[EvalProblem], finished: set[str]) -> None:
+        """Before the workers start: the node's problems in order, the finished ones taken.
+        Claims a killed run left for problems it never finished are dropped with the rest."""
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        ids = [p.problem_id for p in problems]
+        (folder / NODE_FILE).write_text(json.dumps(ids), encoding="utf-8")
+        for pid in finished:
+            Claims(folder).take(pid)
+
+    def take(self, problem_id: str) -> bool:
+        """True once for each problem: to the first worker that asks."""
+        try:
+            os.close(os.open(self._path(problem_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def order(self, every: Sequence[EvalProblem], own: Shard) -> list[EvalProblem]:
+        """The problems a worker of shard `own` offers to take, in its order: its shard's,
+        then the rest of the node's from the end. `every` is the dataset (after --limit)."""
+        try:
+            node = set(json.loads((self.folder / NODE_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{self.folder / NODE_FILE} is unreadable ({exc}): --claims is set by"
+                " `eval --workers` for its workers; rerun the parent command"
+            ) from exc
+        mine = own.select(every)
+        taken = {p.problem_id for p in mine}
+        others = [p for p in reversed(every) if p.problem_id in node and p.problem_id not in taken]
+        return [*mine, *others]
+
+    def _path(self, problem_id: str) -> Path:
+        # Problem ids are the dataset's (any text): the file is named by their digest.
+        return self.folder / hashlib.sha256(problem_id.encode()).hexdigest()[:32]
 
 
 # --- during: the processes --------------------------------------------------------------------
@@ -262,7 +332,8 @@ def _watch(
 
 def _start(worker: Worker, argv: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     own = ["--shard", str(worker.shard), "--max-traces", str(worker.max_traces)]
-    args = ["eval", *argv, *own, "--output", str(worker.folder)]
+    claims = worker.folder.parent / CLAIMS_DIR
+    args = ["eval", *argv, *own, "--claims", str(claims), "--output", str(worker.folder)]
     return start_child(args, stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -300,33 +301,36 @@ def test_a_node_shard_run_by_workers_merges_with_the_other_nodes(
 def test_a_worker_killed_mid_problem_loses_only_that_problem(
     tmp_path: Path, server: ScriptedServer
 ) -> None:
-    """6 problems, 2 workers: worker 1 has p0, p2, p4 and worker 2 p1, p3, p5. Worker 2
-    finishes; worker 1 finishes p0 and stalls in p2, and is killed with SIGKILL there. The
-    parent exits 1 naming the signal; the rerun streams only q 2 and q 4 (worker 1's problem
-    in flight and the one it never began) and its folder equals an uninterrupted run's."""
+    """6 problems, 2 workers, one problem at a time each; q 2 stalls whichever worker runs
+    it. Five problems finish, four of them in one worker (its own shard's three, then one
+    the stalled worker never started: the work is shared); the worker in q 2 is then alone
+    and is killed with SIGKILL there. The parent exits 1 naming the signal; the rerun
+    streams only q 2 and its folder equals an uninterrupted run's."""
     data = dataset(tmp_path, 6)
     out = tmp_path / "out"
     scripts(server).stall.add("q 2")
     proc = parent(eval_args(server, data, out, "--workers", "2"))
     try:
-        w1, w2 = out / ".workers" / "1", out / ".workers" / "2"
-        wait(server, lambda: lines_in(w2 / "results.jsonl") == 3, "worker 2 finished")
-        wait(server, lambda: lines_in(w1 / "results.jsonl") == 1, "worker 1 finished p0")
-        wait(server, lambda: "q 2" in prompts_streamed(server), "worker 1 is in p2")
-        os.kill(children(proc.pid)["1/2"], signal.SIGKILL)
+        folders = {f"{i}/2": out / ".workers" / str(i) / "results.jsonl" for i in (1, 2)}
+        wait(server, lambda: sum(map(lines_in, folders.values())) == 5, "five problems done")
+        wait(server, lambda: len(children(proc.pid)) == 1, "the other worker exited")
+        ((stalled, pid),) = children(proc.pid).items()
+        assert sorted(map(lines_in, folders.values())) == [1, 4]  # a shard holds 3
+        os.kill(pid, signal.SIGKILL)
         said, _ = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
     assert proc.returncode == 1
     flat = " ".join(said.split())
-    assert "worker 1/2 (--shard 1/2) was killed by signal SIGKILL; the other workers" in flat
+    number = stalled.split("/")[0]
+    assert f"worker {number}/2 (--shard {stalled}) was killed by signal SIGKILL; the other" in flat
     assert "rerun the same command to resume: finished problems are kept" in flat
     scripts(server).stall.clear()
     before = len(server.streams)
     res = run(eval_args(server, data, out, "--workers", "2"))
     assert res.exit_code == 0, res.output
-    assert "resuming: 4/6 problems are already done" in " ".join(res.output.split())
-    assert prompts_streamed(server, before) == {"q 2", "q 4"}
+    assert "resuming: 5/6 problems are already done" in " ".join(res.output.split())
+    assert prompts_streamed(server, before) == {"q 2"}
     whole = tmp_path / "whole"
     assert run(eval_args(server, data, whole)).exit_code == 0
     assert records(out) == records(whole)
@@ -336,16 +340,19 @@ def test_a_worker_killed_mid_problem_loses_only_that_problem(
 
 @pytest.mark.slow
 def test_a_failing_worker_shows_its_own_error(tmp_path: Path, server: ScriptedServer) -> None:
-    """The server rejects every trace of worker 1's q 0: the parent exits 1 with the
-    worker's own message, quoted from its log, and how to go on."""
+    """The server rejects every trace of q 0 (worker 1's, unless worker 2 is through q 1
+    first and takes it): the parent exits 1 with that worker's own message, quoted from its
+    log, and how to go on."""
     data = dataset(tmp_path, 2)
     out = tmp_path / "out"
     scripts(server).reject.add("q 0")
     res = run(eval_args(server, data, out, "--workers", "2"))
     assert res.exit_code == 1
     flat = " ".join(res.output.split())
-    assert "worker 1/2 (--shard 1/2) exited with code 1; the other workers were stopped" in flat
-    assert f"Its last lines ({out / '.workers' / '1' / 'worker.log'}):" in flat
+    failed = re.search(r"worker (\d)/2 \(--shard \1/2\) exited with code 1; the other", flat)
+    assert failed, flat
+    assert "the other workers were stopped" in flat
+    assert f"Its last lines ({out / '.workers' / failed[1] / 'worker.log'}):" in flat
     assert (
         "error: 8 traces failed in a row, so deepconf gave up; the first error was:"
         f" {server.base_url} rejected the request (HTTP 400)"
