@@ -11,7 +11,8 @@ their results files.
 
 Printed: each run's wall seconds, tokens, tokens per second, the CPU seconds of the eval
 and its workers and those of the replay servers in the same span; then the throughput ratio
-(N workers over one) per repetition and its median. The servers share the machine, where a
+(N workers over one) per repetition and its median; then this machine's own ceiling for
+that ratio, measured in the same run (see `ceiling`). The servers share the machine, where a
 real fleet's GPUs use none of its CPU: with client CPU c and server CPU s per token, N
 workers on N cores gain at most N c / (c + s). So each server write carries 16 events
 (`--events-per-write`; the client reads and decodes the same bytes, and a client that falls
@@ -45,6 +46,14 @@ from deepconf.child_processes import CLI
 from deepconf.eval.serve_processes import free_port
 
 UP_WITHIN_S = 60.0  # a replay server that does not answer by then has failed to start
+# A fixed pure-Python load (~0.6 s of CPU here): the JSON decoding a client does, no I/O.
+# It prints the CPU seconds it took.
+LOAD = (
+    "import json, time; t = time.process_time(); top = [{'token': 'y%d' % i, 'logprob': -i}"
+    " for i in range(20)]; chunk = json.dumps({'choices': [{'index': 0, 'delta': {'content':"
+    " 'x'}, 'logprobs': {'content': [{'token': 'x', 'logprob': -0.5, 'top_logprobs': top}]}}]})"
+    "\nfor _ in range(60000): json.loads(chunk)\nprint(time.process_time() - t)"
+)
 
 
 @dataclass
@@ -159,6 +168,37 @@ def report(runs: list[Measured], workers: int) -> float:
     return median
 
 
+def load_seconds(copies: int) -> float:
+    """CPU seconds of the fixed load, the mean over `copies` processes run at once."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", LOAD], stdout=subprocess.PIPE, text=True)
+        for _ in range(copies)
+    ]
+    return statistics.mean(float(p.communicate()[0]) for p in procs)
+
+
+def ceiling(runs: list[Measured], workers: int, repeats: int) -> float:
+    """Print and return the best ratio this machine allows N workers over one, from figures
+    measured in this run: N processes on N cores each run at r of one process alone's speed
+    (shared caches, SMT siblings on the host, a neighbour's load: `LOAD`, alone and N at
+    once, median of `repeats`), and the replay servers' CPU (s per token, N-worker runs)
+    comes off the same cores where the one worker left it a core of its own (c per token:
+    the one-worker eval's CPU). N workers then take at least (c/r + s)/N CPU-seconds of
+    wall time per token against one worker's c: a ratio of at most N r c / (c + r s)."""
+    speeds = [load_seconds(1) / load_seconds(workers) for _ in range(repeats)]
+    r = statistics.median(speeds)
+    c = statistics.median(m.cpu_seconds / m.tokens for m in runs if m.workers == 1)
+    s = statistics.median(m.server_cpu_seconds / m.tokens for m in runs if m.workers == workers)
+    bound = workers * r * c / (c + r * s)
+    each = " ".join(f"{x:.2f}" for x in speeds)
+    print(
+        f"this machine's ceiling for that ratio: {bound:.2f} ({workers} processes at once each"
+        f" run at {r:.2f} of one alone's speed, median of {len(speeds)}: {each}; the servers"
+        f" take {s / c:.0%} of one worker's CPU per token off the same cores)"
+    )
+    return bound
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=2, help="workers of the side compared to 1")
@@ -198,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
                 out = Path(tmp) / f"run-{rep}-{workers}"
                 runs.append(run_one(args, servers, data, out, workers))
         report(runs, args.workers)
+        ceiling(runs, args.workers, args.repeats)
 
 
 if __name__ == "__main__":
