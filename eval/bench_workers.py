@@ -11,13 +11,14 @@ their results files.
 
 Printed: each run's wall seconds, tokens, tokens per second, the CPU seconds of the eval
 and its workers and those of the replay servers in the same span; then the throughput ratio
-(N workers over one) per repetition and its median; then this machine's own ceiling for
-that ratio, measured in the same run (see `ceiling`). The servers share the machine, where a
-real fleet's GPUs use none of its CPU: with client CPU c and server CPU s per token, N
-workers on N cores gain at most N c / (c + s). So each server write carries 16 events
-(`--events-per-write`; the client reads and decodes the same bytes, and a client that falls
-behind reads many events per read anyway), which cuts s several times, and `--servers 2`
-gives each worker a server of its own.
+(N workers over one) per repetition and its median; then how busy the cores were in each
+N-worker run and what a token cost its client there against the one worker (`cores_used`).
+The servers share the machine, where a real fleet's GPUs use none of its CPU: with client
+CPU c and server CPU s per token, N workers on N cores gain at most N c / (c + s). So each
+server write carries 16 events (`--events-per-write`; the client reads and decodes the same
+bytes, and a client that falls behind reads many events per read anyway), which cuts the
+server's Python work per token (most of what is left is the kernel's send path: ~4 GB over
+loopback per 2,048,000 tokens), and `--servers 2` gives each worker a server of its own.
 
     deepconf bench workers                          # 2 workers, 16 problems x 32 traces x 2,000
     deepconf bench workers --events-per-write 1     # the server writes as a GPU server does
@@ -46,14 +47,6 @@ from deepconf.child_processes import CLI
 from deepconf.eval.serve_processes import free_port
 
 UP_WITHIN_S = 60.0  # a replay server that does not answer by then has failed to start
-# A fixed pure-Python load (~0.6 s of CPU here): the JSON decoding a client does, no I/O.
-# It prints the CPU seconds it took.
-LOAD = (
-    "import json, time; t = time.process_time(); top = [{'token': 'y%d' % i, 'logprob': -i}"
-    " for i in range(20)]; chunk = json.dumps({'choices': [{'index': 0, 'delta': {'content':"
-    " 'x'}, 'logprobs': {'content': [{'token': 'x', 'logprob': -0.5, 'top_logprobs': top}]}}]})"
-    "\nfor _ in range(60000): json.loads(chunk)\nprint(time.process_time() - t)"
-)
 
 
 @dataclass
@@ -168,35 +161,21 @@ def report(runs: list[Measured], workers: int) -> float:
     return median
 
 
-def load_seconds(copies: int) -> float:
-    """CPU seconds of the fixed load, the mean over `copies` processes run at once."""
-    procs = [
-        subprocess.Popen([sys.executable, "-c", LOAD], stdout=subprocess.PIPE, text=True)
-        for _ in range(copies)
-    ]
-    return statistics.mean(float(p.communicate()[0]) for p in procs)
-
-
-def ceiling(runs: list[Measured], workers: int, repeats: int) -> float:
-    """Print and return the best ratio this machine allows N workers over one, from figures
-    measured in this run: N processes on N cores each run at r of one process alone's speed
-    (shared caches, SMT siblings on the host, a neighbour's load: `LOAD`, alone and N at
-    once, median of `repeats`), and the replay servers' CPU (s per token, N-worker runs)
-    comes off the same cores where the one worker left it a core of its own (c per token:
-    the one-worker eval's CPU). N workers then take at least (c/r + s)/N CPU-seconds of
-    wall time per token against one worker's c: a ratio of at most N r c / (c + r s)."""
-    speeds = [load_seconds(1) / load_seconds(workers) for _ in range(repeats)]
-    r = statistics.median(speeds)
-    c = statistics.median(m.cpu_seconds / m.tokens for m in runs if m.workers == 1)
-    s = statistics.median(m.server_cpu_seconds / m.tokens for m in runs if m.workers == workers)
-    bound = workers * r * c / (c + r * s)
-    each = " ".join(f"{x:.2f}" for x in speeds)
+def cores_used(runs: list[Measured], workers: int) -> None:
+    """Print, for each N-worker run, how busy the machine's N cores were (the eval's and the
+    servers' CPU seconds over N x wall seconds) and its client CPU per token over the one
+    worker's before it. Where the cores were busy throughout, the ratio falls short of N by
+    the second figure and the servers' share: CPU per token that the machine, not idle
+    waiting, costs (a slower spell, two processes sharing caches and host cores)."""
+    ones = [m for m in runs if m.workers == 1]
+    many = [m for m in runs if m.workers == workers]
+    busy = [(m.cpu_seconds + m.server_cpu_seconds) / (workers * m.seconds) for m in many]
+    pairs = zip(ones, many, strict=True)
+    dearer = [(b.cpu_seconds / b.tokens) / (a.cpu_seconds / a.tokens) for a, b in pairs]
     print(
-        f"this machine's ceiling for that ratio: {bound:.2f} ({workers} processes at once each"
-        f" run at {r:.2f} of one alone's speed, median of {len(speeds)}: {each}; the servers"
-        f" take {s / c:.0%} of one worker's CPU per token off the same cores)"
+        f"cores busy in the {workers}-worker runs: {' '.join(f'{x:.0%}' for x in busy)};"
+        f" their client CPU per token over the one worker's: {' '.join(f'{x:.2f}' for x in dearer)}"
     )
-    return bound
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
                 out = Path(tmp) / f"run-{rep}-{workers}"
                 runs.append(run_one(args, servers, data, out, workers))
         report(runs, args.workers)
-        ceiling(runs, args.workers, args.repeats)
+        cores_used(runs, args.workers)
 
 
 if __name__ == "__main__":
