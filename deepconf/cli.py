@@ -361,6 +361,7 @@ _BENCHMARKS = {
     "serve": "deepconf.eval.bench_serve",
     "hostile": "deepconf.eval.bench_hostile",
     "workers": "deepconf.eval.bench_workers",
+    "serve-workers": "deepconf.eval.bench_serve_workers",
     "memory": "deepconf.eval.bench_memory",
 }
 
@@ -376,8 +377,8 @@ def bench(
         typer.Argument(
             help="stream (client hot path), engine (bundled), serve (load test of `deepconf"
             " serve`), hostile (slowloris, model names, huge bodies), workers (eval"
-            " --workers N against one worker) or memory (peak RSS of one big solve and of"
-            " 10,000 traces in flight).",
+            " --workers N against one worker), serve-workers (serve --workers N against one"
+            " worker) or memory (peak RSS of one big solve and of 10,000 traces in flight).",
             show_default=False,
         ),
     ] = None,

@@ -1,0 +1,176 @@
+"""`deepconf bench serve-workers` (or `python -m deepconf.eval.bench_serve_workers`): what
+`serve --workers N` buys, measured side by side in one run.
+
+`deepconf serve` runs in front of replay servers (eval/replay_server.py: vLLM-shaped chat
+chunks, one token each with top-20 logprobs, no model behind them), once with one worker and
+once with N, alternating (1, N, 1, N, ...) so a machine that slows down midway weighs on
+both alike; each side is a fresh serve process, timed once it answers /health. C clients
+(the openai SDK's async client, as users call serve) send R chat completions, each one
+offline solve of B traces x T tokens: every trace runs to max_tokens, so both sides read
+the same tokens, counted from each answer's `usage`. `--max-concurrent-solves` is 2C times
+N, so no worker turns a request away whichever connections it accepted (a 429 would measure
+the retry pause, not the throughput: the client does not retry, so one ends the run).
+
+Printed: each run's wall seconds over the R requests, tokens, tokens per second, the CPU
+seconds of serve (the parent and its workers) and of the replay servers in the same span;
+then the throughput ratio (N workers over one) per repetition and its median, and how busy
+the cores were in each N-worker run (bench_workers.cores_used). The replay servers, the
+clients and serve share this machine's cores, where a real fleet's GPUs use none of
+serve's CPU. A connection stays with the worker that accepted it, so with a few kept-alive
+client connections one worker may hold more of them: the cores-busy figure shows it.
+
+    deepconf bench serve-workers                    # 2 workers, 32 requests x 32 traces x 2,000
+    deepconf bench serve-workers --requests 2 --budget 4 --tokens 50 --repeats 1   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepconf.eval.bench_workers import ReplayServer, cores_used
+from deepconf.eval.replay_server import MODEL
+from deepconf.eval.serve_processes import Served, serve
+
+
+@dataclass
+class Measured:
+    workers: int
+    seconds: float
+    tokens: int
+    cpu_seconds: float  # serve: the parent and its workers
+    server_cpu_seconds: float  # the replay servers, in the same span
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+
+def family_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live children so far (Linux /proc)."""
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for each in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def load(base_url: str, requests: int, clients: int, budget: int, tokens: int) -> int:
+    """`requests` solves, `clients` at a time, through the openai client; the completion
+    tokens they spent."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
+    left = iter(range(requests))
+    spent = 0
+
+    async def client_loop() -> None:
+        nonlocal spent
+        for i in left:
+            answer = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": f"Problem {i}: what is 6 x 7?"}],
+                max_tokens=tokens,
+                seed=i,
+                extra_body={"deepconf": {"mode": "offline", "budget": budget}},
+            )
+            assert answer.usage is not None
+            spent += answer.usage.completion_tokens
+
+    try:
+        await asyncio.gather(*(client_loop() for _ in range(clients)))
+    finally:
+        await client.close()
+    return spent
+
+
+def run_one(args: argparse.Namespace, servers: list[ReplayServer], workers: int) -> Measured:
+    # Each worker may run 2C solves: all C requests in flight may reach one worker, and a
+    # solve holds its slot until its clean-up, a moment after its client has the answer.
+    flags = ["--workers", str(workers), "--max-concurrent-solves", str(2 * args.clients * workers)]
+    for extra in servers[1:]:
+        flags += ["--upstream", extra.base_url]
+    with serve(servers[0].base_url, flags) as served:
+        return _timed(args, servers, served, workers)
+
+
+def _timed(
+    args: argparse.Namespace, servers: list[ReplayServer], served: Served, workers: int
+) -> Measured:
+    url = served.root + "/v1"
+    # A first solve per worker pays its lazy set-up (imports, the upstream pool): C x N tiny
+    # solves at once, outside the timing, reach every worker in practice.
+    asyncio.run(load(url, args.clients * workers, args.clients * workers, 1, 8))
+    cpu_before = family_cpu_seconds(served.pid)
+    server_before = sum(s.cpu_seconds() for s in servers)
+    started = time.perf_counter()
+    tokens = asyncio.run(load(url, args.requests, args.clients, args.budget, args.tokens))
+    seconds = time.perf_counter() - started
+    cpu = family_cpu_seconds(served.pid) - cpu_before
+    server_cpu = sum(s.cpu_seconds() for s in servers) - server_before
+    return Measured(workers, seconds, tokens, cpu, server_cpu)
+
+
+def report(runs: list[Measured], workers: int) -> float:
+    """Print the table and the ratios; return the median ratio."""
+    head = f"{'workers':>7} {'seconds':>8} {'tokens':>10} {'tokens/s':>10}"
+    print(f"{head} {'serve CPU s':>11} servers CPU s")
+    for m in runs:
+        figures = f"{m.seconds:>8.2f} {m.tokens:>10,} {m.rate:>10,.0f} {m.cpu_seconds:>11.2f}"
+        print(f"{m.workers:>7} {figures} {m.server_cpu_seconds:>13.2f}")
+    ones = [m for m in runs if m.workers == 1]
+    many = [m for m in runs if m.workers == workers]
+    ratios = [b.rate / a.rate for a, b in zip(ones, many, strict=True)]
+    median = statistics.median(ratios)
+    each = " ".join(f"{r:.2f}" for r in ratios)
+    print(
+        f"throughput ratio, serve --workers {workers} over 1: {median:.2f}"
+        f" (median of {len(ratios)}; each {each})"
+    )
+    return median
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=int, default=2, help="workers of the side compared to 1")
+    ap.add_argument("--requests", type=int, default=32, help="chat completions per run")
+    ap.add_argument("--clients", type=int, default=8, help="requests in flight")
+    ap.add_argument("--budget", type=int, default=32, help="traces per request")
+    ap.add_argument("--tokens", type=int, default=2000, help="tokens per trace")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each side")
+    ap.add_argument("--servers", type=int, default=2, help="replay servers (each a process)")
+    ap.add_argument(
+        "--events-per-write", type=int, default=16, help="SSE events per replay-server write"
+    )
+    args = ap.parse_args(argv)
+    if args.workers < 2 or min(args.requests, args.clients, args.budget, args.tokens) < 1:
+        ap.error("--workers must be at least 2; the other counts at least 1")
+    if min(args.repeats, args.servers, args.events_per_write) < 1:
+        ap.error("--repeats, --servers and --events-per-write must be at least 1")
+    print(
+        f"serve: {args.requests} requests x {args.budget} traces x {args.tokens:,} tokens,"
+        f" {args.clients} in flight, against {args.servers} replay server(s)"
+        f" ({args.events_per_write} event(s) per write); 1 and {args.workers} workers"
+        f" alternate, {args.repeats} run(s) each"
+    )
+    with ExitStack() as stack:
+        servers = [ReplayServer(args.events_per_write) for _ in range(args.servers)]
+        for server in servers:
+            stack.callback(server.close)
+        runs = []
+        for _ in range(args.repeats):
+            for workers in (1, args.workers):
+                runs.append(run_one(args, servers, workers))
+        report(runs, args.workers)
+        cores_used(runs, args.workers)
+
+
+if __name__ == "__main__":
+    main()
