@@ -12,12 +12,13 @@ N, so no worker turns a request away whichever connections it accepted (a 429 wo
 the retry pause, not the throughput: the client does not retry, so one ends the run).
 
 Printed: each run's wall seconds over the R requests, tokens, tokens per second, the CPU
-seconds of serve (the parent and its workers) and of the replay servers in the same span;
+seconds of serve (the parent and its workers; then each worker's, which shows how evenly
+the connections fell) and of the replay servers in the same span;
 then the throughput ratio (N workers over one) per repetition and its median, and how busy
 the cores were in each N-worker run (bench_workers.cores_used). The replay servers, the
 clients and serve share this machine's cores, where a real fleet's GPUs use none of
 serve's CPU. A connection stays with the worker that accepted it, so with a few kept-alive
-client connections one worker may hold more of them: the cores-busy figure shows it.
+client connections one worker may hold more of them: each worker's CPU shows it.
 
     deepconf bench serve-workers                    # 2 workers, 32 requests x 32 traces x 2,000
     deepconf bench serve-workers --requests 2 --budget 4 --tokens 50 --repeats 1   # a smoke run
@@ -46,20 +47,22 @@ class Measured:
     tokens: int
     cpu_seconds: float  # serve: the parent and its workers
     server_cpu_seconds: float  # the replay servers, in the same span
+    each_cpu_seconds: list[float]  # serve's processes one by one: the parent, then each worker
 
     @property
     def rate(self) -> float:
         return self.tokens / self.seconds
 
 
-def family_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its live children so far (Linux /proc)."""
-    total = 0.0
+def family_cpu_seconds(pid: int) -> list[float]:
+    """User + system CPU so far of a process and of each of its live children (Linux
+    /proc): with `serve --workers N`, the parent and then its workers."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    seconds = []
     for each in [pid, *map(int, children)]:
         fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        seconds.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return seconds
 
 
 async def load(base_url: str, requests: int, clients: int, budget: int, tokens: int) -> int:
@@ -113,18 +116,20 @@ def _timed(
     started = time.perf_counter()
     tokens = asyncio.run(load(url, args.requests, args.clients, args.budget, args.tokens))
     seconds = time.perf_counter() - started
-    cpu = family_cpu_seconds(served.pid) - cpu_before
+    each = [b - a for a, b in zip(cpu_before, family_cpu_seconds(served.pid), strict=True)]
     server_cpu = sum(s.cpu_seconds() for s in servers) - server_before
-    return Measured(workers, seconds, tokens, cpu, server_cpu)
+    return Measured(workers, seconds, tokens, sum(each), server_cpu, each)
 
 
 def report(runs: list[Measured], workers: int) -> float:
     """Print the table and the ratios; return the median ratio."""
     head = f"{'workers':>7} {'seconds':>8} {'tokens':>10} {'tokens/s':>10}"
-    print(f"{head} {'serve CPU s':>11} servers CPU s")
+    print(f"{head} {'serve CPU s':>11} {'servers CPU s':>13}  each serve worker's CPU s")
     for m in runs:
         figures = f"{m.seconds:>8.2f} {m.tokens:>10,} {m.rate:>10,.0f} {m.cpu_seconds:>11.2f}"
-        print(f"{m.workers:>7} {figures} {m.server_cpu_seconds:>13.2f}")
+        workers_cpu = m.each_cpu_seconds[1:] or m.each_cpu_seconds  # one worker: the parent
+        each = " ".join(f"{x:.2f}" for x in workers_cpu)
+        print(f"{m.workers:>7} {figures} {m.server_cpu_seconds:>13.2f}  {each}")
     ones = [m for m in runs if m.workers == 1]
     many = [m for m in runs if m.workers == workers]
     ratios = [b.rate / a.rate for a, b in zip(ones, many, strict=True)]

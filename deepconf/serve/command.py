@@ -141,6 +141,9 @@ def serve_command(
     listen_fd: Annotated[
         int | None, typer.Option("--listen-fd", hidden=True, help="(a worker's socket)")
     ] = None,
+    reuse_port: Annotated[
+        bool, typer.Option("--reuse-port", hidden=True, help="(a worker's own socket)")
+    ] = False,
 ) -> None:
     """Serve DeepConf over an OpenAI-compatible API in front of UPSTREAM servers."""
     import httpx
@@ -206,7 +209,7 @@ def serve_command(
     except DeepConfError as exc:
         raise fail(str(exc)) from None
     _setup_logging(log_level)
-    if workers > 1 and listen_fd is None:
+    if workers > 1 and listen_fd is None and not reuse_port:
         from deepconf.serve.workers import serve_with_workers
 
         try:
@@ -214,7 +217,8 @@ def serve_command(
         except DeepConfError as exc:
             raise fail(str(exc)) from None
         return
-    run_server(app, guard, host=host, port=port, log_level=log_level.lower(), listen_fd=listen_fd)
+    own = {"listen_fd": listen_fd, "reuse_port": reuse_port}  # a worker's socket, if one
+    run_server(app, guard, host=host, port=port, log_level=log_level.lower(), **own)
 
 
 def _normalised(urls: list[str]) -> list[str]:

@@ -104,12 +104,16 @@ class ConnectionGuard:
         """Keyword arguments for uvicorn.Config that apply this guard to connections."""
         return {"http": guarded_h11_protocol(self)}
 
-    def listen(self, host: str, port: int) -> socket.socket:
-        """A listening socket whose accept() takes `accept_batch()` per turn of the loop."""
+    def listen(self, host: str, port: int, reuse_port: bool = False) -> socket.socket:
+        """A socket bound to host:port whose accept() takes `accept_batch()` per turn of the
+        loop (the server calls listen() on it). `reuse_port`: SO_REUSEPORT, for the
+        `serve --workers` parent and workers that share the port (deepconf/serve/workers.py)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = _BatchedAccept(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.batch = accept_batch()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         return sock
 
@@ -200,18 +204,20 @@ def run_server(
     port: int,
     log_level: str = "info",
     listen_fd: int | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """uvicorn serving `app` on host:port under `guard`, until interrupted; with
-    `listen_fd`, on that inherited listening socket instead (a `serve --workers` worker;
-    its parent said where it listens)."""
+    `listen_fd`, on that inherited listening socket instead, and with `reuse_port` on its
+    own socket beside the other workers' (a `serve --workers` worker either way)."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level=log_level, backlog=BACKLOG, **guard.uvicorn_options())
     if listen_fd is not None:
         sock = guard.adopt(listen_fd)
     else:
-        sock = guard.listen(host, port)
-        logging.getLogger("uvicorn.error").info("listening on http://%s:%d", host, port)
+        sock = guard.listen(host, port, reuse_port=reuse_port)
+        if not reuse_port:  # a worker's parent says where they listen
+            logging.getLogger("uvicorn.error").info("listening on http://%s:%d", host, port)
     uvicorn.Server(config).run(sockets=[sock])
 
 

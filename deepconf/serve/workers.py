@@ -1,13 +1,21 @@
-"""`deepconf serve --workers N`: N server processes accepting on one listening socket.
+"""`deepconf serve --workers N`: N server processes accepting on one port.
 
 One process decodes, scores and votes every upstream token of every solve on one core; at
 fleet scale that core, not the GPUs, sets the pace. With --workers N the parent binds the
 port (a bad host or a port in use fails before any worker starts) and starts N workers,
-each the same `deepconf serve` command given `--listen-fd FD`, the socket it inherits, and
-its share of --max-concurrent-solves. Each new connection goes to whichever worker accepts
-it first: a busy worker's event loop comes round to accept less often, so the idle ones
-take more. A worker is a whole server (its own event loop, upstream pool, connection
-guard and request log lines, on the shared stderr); workers share nothing else.
+each the same `deepconf serve` command with its share of --max-concurrent-solves. A worker
+is a whole server (its own event loop, upstream pool, connection guard and request log
+lines, on the shared stderr); workers share nothing else.
+
+- Who gets a connection: on Linux each worker listens on the port itself (`--reuse-port`,
+  SO_REUSEPORT) and the kernel hands each new connection to one of them by a hash of its
+  addresses and ports, so a client's pooled connections spread over the workers (64 go
+  32/32 here). The parent holds the port bound, never listening, so another server cannot
+  take it between the workers' binds. Before this the workers accepted from one inherited
+  socket, and a connection went to the first worker awake: the openai client's 8 pooled
+  connections all went to one worker of two in 2 of 5 runs of `bench serve-workers` (and in
+  4 of 5 with one accept per turn), the other core idle. Where SO_REUSEPORT does not
+  balance (not Linux) they still share the one socket (`--listen-fd`).
 
 - Limits: --max-concurrent-solves stays one server-wide limit, split as eval's trace limit
   is (floor(L/N), one more for the first L mod N; N > L is refused). A request that lands
@@ -25,7 +33,9 @@ guard and request log lines, on the shared stderr); workers share nothing else.
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
+import sys
 from typing import Any
 
 from deepconf.child_processes import (
@@ -42,7 +52,7 @@ from deepconf.serve.connections import BACKLOG, ConnectionGuard
 log = logging.getLogger("deepconf.serve")
 
 # Flags the parent sets per worker; every other flag given passes through unchanged.
-PER_WORKER = ("workers", "listen_fd", "max_concurrent_solves")
+PER_WORKER = ("workers", "listen_fd", "reuse_port", "port", "max_concurrent_solves")
 POLL_S = 0.2  # the longest the parent waits between looks (an exit wakes it at once)
 
 
@@ -71,20 +81,30 @@ def serve_with_workers(
     """Bind host:port, run `count` workers on it until interrupted or one exits. Raises
     ConfigError when a worker failed (after stopping the others)."""
     shares = solve_shares(max_concurrent_solves, count)
+    balanced = kernel_balances()
     try:
-        sock = guard.listen(host, port)
-        sock.listen(BACKLOG)
+        if balanced:
+            _nobody_listens(host, port)
+        sock = guard.listen(host, port, reuse_port=balanced)
+        if not balanced:
+            sock.listen(BACKLOG)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc}): choose another --port") from exc
-    fd = sock.fileno()
+    port = sock.getsockname()[1]  # --port 0: the port the system chose, the same for all
     argv = given_flags(ctx, skip=PER_WORKER)
     procs: list[subprocess.Popen[bytes]] = []
     with terminate_as_interrupt():
         try:
             for share in shares:
-                own = ["--max-concurrent-solves", str(share), "--listen-fd", str(fd)]
-                procs.append(start_child(["serve", *argv, *own], pass_fds=(fd,)))
-            sock.close()  # the workers hold it; the parent never accepts
+                own = ["--max-concurrent-solves", str(share), "--port", str(port)]
+                if balanced:
+                    procs.append(start_child(["serve", *argv, *own, "--reuse-port"]))
+                else:
+                    fd = sock.fileno()
+                    own += ["--listen-fd", str(fd)]
+                    procs.append(start_child(["serve", *argv, *own], pass_fds=(fd,)))
+            if not balanced:
+                sock.close()  # the workers hold it; the parent never accepts
             log.info("listening on http://%s:%d with %d workers", host, port, count)
             _watch(procs)
         except KeyboardInterrupt:
@@ -92,6 +112,25 @@ def serve_with_workers(
         finally:
             sock.close()
             stop_children(procs)
+
+
+def kernel_balances() -> bool:
+    """True where each worker can listen on the port itself and the kernel spreads new
+    connections over them (SO_REUSEPORT on Linux: by a hash of each connection's addresses
+    and ports). Elsewhere SO_REUSEPORT does not balance, and the workers share one socket."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def _nobody_listens(host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) when anything is bound on host:port. The parent's own
+    SO_REUSEPORT bind would succeed beside another server of this user that set it too,
+    and the two would then split each other's connections without a word."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def _watch(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -1,9 +1,9 @@
 """`deepconf serve --workers N` (deepconf/serve/workers.py) as a user runs it, in front of the
-scripted upstream: the workers share the one listening socket and answer requests through
-the openai client; --max-concurrent-solves is split among them; a worker that dies stops
-the others and the command exits 1 naming it; SIGTERM stops them all; bad counts are
-refused before anything listens. Ordering comes from polling the processes' own state
-(/proc, /health), never from sleeping a fixed time."""
+scripted upstream: the workers listen on the one port, a burst of connections is spread
+over them, and they answer requests through the openai client; --max-concurrent-solves is
+split among them; a worker that dies stops the others and the command exits 1 naming it;
+SIGTERM stops them all; bad counts are refused before anything listens. Ordering comes from
+polling the processes' own state (/proc, /health), never from sleeping a fixed time."""
 
 from __future__ import annotations
 
@@ -56,16 +56,18 @@ def until(predicate, what: str) -> None:
 
 def workers_of(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children if b"--listen-fd" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return [int(c) for c in children if b"--reuse-port" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-def listening_inode(port: int) -> str:
-    """The inode of the socket listening on 127.0.0.1:port (/proc/net/tcp, state 0A)."""
+def inodes(port: int, state: str) -> set[str]:
+    """The inodes of the sockets on 127.0.0.1:port in a TCP state (/proc/net/tcp: 0A
+    listening, 01 established)."""
+    found = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
-            return fields[9]
-    raise AssertionError(f"nothing listens on port {port}")
+        if fields[1].endswith(f":{port:04X}") and fields[3] == state:
+            found.add(fields[9])
+    return found
 
 
 def sockets_of(pid: int) -> set[str]:
@@ -99,16 +101,18 @@ def serve(up: ScriptedServer, *flags: str) -> Iterator[tuple[subprocess.Popen[st
 
 
 @pytest.mark.slow
-def test_two_workers_share_the_socket_answer_requests_and_stop_on_sigterm() -> None:
-    """Both workers hold the one listening socket and run with half the solve slots; the
-    openai client gets its answers; SIGTERM to the parent stops both and it exits 0."""
+def test_two_workers_share_the_port_answer_requests_and_stop_on_sigterm() -> None:
+    """Each worker listens on the port itself (SO_REUSEPORT), with half the solve slots;
+    the parent never listens; the openai client gets its answers;
+    SIGTERM to the parent stops both and it exits 0."""
     with ScriptedServer(default=ANSWER) as up, serve(up, "--workers", "2") as (proc, port):
         base = f"http://127.0.0.1:{port}"
         until(lambda: healthy(base) and len(workers_of(proc.pid)) == 2, "two workers serving")
         pids = workers_of(proc.pid)
-        inode = listening_inode(port)
-        until(lambda: all(inode in sockets_of(pid) for pid in pids), "both hold the socket")
-        assert inode not in sockets_of(proc.pid)  # the parent never accepts
+        until(lambda: len(inodes(port, "0A")) == 2, "two sockets listening")
+        first, second = (sockets_of(pid) & inodes(port, "0A") for pid in pids)
+        assert len(first) == len(second) == 1 and first != second  # one each
+        assert not sockets_of(proc.pid) & inodes(port, "0A")  # the parent never accepts
         assert httpx.get(base + "/health").json()["max_concurrent_solves"] == 4  # 8 / 2
         client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
         for _ in range(4):
@@ -119,6 +123,33 @@ def test_two_workers_share_the_socket_answer_requests_and_stop_on_sigterm() -> N
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=HANG_S) == 0
         until(lambda: not any(running(pid) for pid in pids), "both workers ended")
+
+
+@pytest.mark.slow
+def test_a_burst_of_connections_is_spread_over_the_workers() -> None:
+    """64 connections opened at once, as a client's pool does, each sending one request
+    and kept alive: both workers hold some of them (the kernel picks a listener by a hash
+    of each connection's ports; all 64 on one worker has odds of 2 in 2^64). With one
+    shared socket the first worker awake took whole bursts."""
+    with (
+        ScriptedServer(default=ANSWER) as up,
+        serve(up, "--workers", "2", "--header-timeout", "600") as (proc, port),
+    ):
+        until(lambda: len(workers_of(proc.pid)) == 2 and healthy(f"http://127.0.0.1:{port}"),
+              "two workers serving")  # fmt: skip
+        pids = workers_of(proc.pid)
+        until(lambda: len(inodes(port, "0A")) == 2, "both workers listening")
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=HANG_S) for _ in range(64)]
+        try:
+            for sock in clients:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            for sock in clients:
+                assert sock.recv(12) == b"HTTP/1.1 200"  # answered, and kept alive
+            held = [len(sockets_of(pid) & inodes(port, "01")) for pid in pids]
+        finally:
+            for sock in clients:
+                sock.close()
+    assert sum(held) == 64 and min(held) > 0, held
 
 
 @pytest.mark.slow
@@ -144,3 +175,21 @@ def test_more_workers_than_solve_slots_is_refused_before_listening() -> None:
         said = " ".join(proc.communicate(timeout=HANG_S)[1].split())
     assert code == 1
     assert "--workers 3 is more than --max-concurrent-solves 2" in said
+
+
+@pytest.mark.slow
+def test_a_second_server_on_a_port_in_use_is_refused() -> None:
+    """A second `serve --workers 2` on the port the first one's workers listen on exits 1
+    saying so, before any worker starts: its own SO_REUSEPORT sockets would otherwise join
+    the first server's and split its connections without a word."""
+    with ScriptedServer(default=ANSWER) as up, serve(up, "--workers", "2") as (first, port):
+        until(lambda: len(inodes(port, "0A")) == 2, "the first server's workers listening")
+        args = ["serve", "--upstream", up.base_url, "--port", str(port), "--workers", "2"]
+        second = subprocess.run(
+            [sys.executable, "-P", "-c", CLI, *args, "--no-probe"],
+            capture_output=True, text=True, timeout=HANG_S,
+        )  # fmt: skip
+        assert first.poll() is None
+    assert second.returncode == 1
+    said = " ".join(second.stderr.split())
+    assert f"cannot listen on 127.0.0.1:{port}" in said and "choose another --port" in said
