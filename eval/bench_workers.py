@@ -10,7 +10,8 @@ every trace runs to its `--tokens`, so both evals read exactly the same tokens, 
 their results files.
 
 Printed: each run's wall seconds, tokens, tokens per second, the CPU seconds of the eval
-and its workers and those of the replay servers in the same span; then the throughput ratio
+and its workers (and each worker's, read from /proc while it runs: the parent's share is the
+difference) and those of the replay servers in the same span; then the throughput ratio
 (N workers over one) per repetition and its median; then how busy the cores were in each
 N-worker run and what a token cost its client there against the one worker (`cores_used`).
 The servers share the machine, where a real fleet's GPUs use none of its CPU: with client
@@ -47,6 +48,7 @@ from deepconf.child_processes import CLI
 from deepconf.eval.serve_processes import free_port
 
 UP_WITHIN_S = 60.0  # a replay server that does not answer by then has failed to start
+WORKER_LOOK_S = 0.05  # how often each worker's CPU is read while it runs
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Measured:
     tokens: int
     cpu_seconds: float  # the eval and its workers
     server_cpu_seconds: float  # the replay servers, in the same span
+    worker_cpu_seconds: list[float]  # each worker's, last seen within WORKER_LOOK_S of its end
 
     @property
     def rate(self) -> float:
@@ -88,11 +91,7 @@ class ReplayServer:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server has used so far (Linux /proc; 0 elsewhere)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds(self.proc.pid)
 
     def close(self) -> None:
         self.proc.terminate()
@@ -123,32 +122,58 @@ def eval_command(
 def run_one(
     args: argparse.Namespace, servers: list[ReplayServer], data: Path, out: Path, workers: int
 ) -> Measured:
-    """One eval, timed from the outside; its tokens are read back from its results."""
+    """One eval, timed from the outside; its tokens are read back from its results, its
+    workers' CPU sampled from /proc while they run."""
     urls = [s.base_url for s in servers]
     server_before = sum(s.cpu_seconds() for s in servers)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(
-        eval_command(args, urls, data, out, workers), capture_output=True, text=True
-    )
-    seconds = time.perf_counter() - started
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            eval_command(args, urls, data, out, workers), stdout=log, stderr=subprocess.STDOUT
+        )
+        each: dict[int, float] = {}  # worker pid -> CPU seconds at the last look
+        while proc.poll() is None:
+            for pid in _children(proc.pid):
+                each[pid] = _cpu_seconds(pid) or each.get(pid, 0.0)
+            time.sleep(WORKER_LOOK_S)
+        seconds = time.perf_counter() - started
+        log.seek(0)
+        said = log.read().decode(errors="replace")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_cpu = sum(s.cpu_seconds() for s in servers) - server_before
-    if done.returncode != 0:
-        raise SystemExit(f"the eval with {workers} worker(s) failed:\n{done.stdout}{done.stderr}")
+    if proc.returncode != 0:
+        raise SystemExit(f"the eval with {workers} worker(s) failed:\n{said}")
     lines = [json.loads(t) for t in (out / "results.jsonl").read_text().splitlines()]
     tokens = sum(run["tokens"]["total"] for line in lines for run in line["runs"].values())
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Measured(workers, seconds, tokens, cpu, server_cpu)
+    return Measured(workers, seconds, tokens, cpu, server_cpu, list(each.values()))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []  # gone, or not Linux
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far; 0 once it is gone (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(runs: list[Measured], workers: int) -> float:
     """Print the table and the ratios; return the median ratio."""
-    head = f"{'tokens/s':>10} {'CPU s':>7} {'servers CPU s':>13}"
+    head = f"{'tokens/s':>10} {'CPU s':>7} {'servers CPU s':>13}  each worker's CPU s"
     print(f"{'workers':>7} {'seconds':>8} {'tokens':>10} {head}")
     for m in runs:
         figures = f"{m.seconds:>8.2f} {m.tokens:>10,} {m.rate:>10,.0f} {m.cpu_seconds:>7.2f}"
-        print(f"{m.workers:>7} {figures} {m.server_cpu_seconds:>13.2f}")
+        each = " ".join(f"{x:.2f}" for x in m.worker_cpu_seconds) or "(in process)"
+        print(f"{m.workers:>7} {figures} {m.server_cpu_seconds:>13.2f}  {each}")
     ones = [m for m in runs if m.workers == 1]
     many = [m for m in runs if m.workers == workers]
     ratios = [b.rate / a.rate for a, b in zip(ones, many, strict=True)]
