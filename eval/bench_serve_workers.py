@@ -11,9 +11,9 @@ the same tokens, counted from each answer's `usage`. `--max-concurrent-solves` i
 N, so no worker turns a request away whichever connections it accepted (a 429 would measure
 the retry pause, not the throughput: the client does not retry, so one ends the run).
 
-Printed: each run's wall seconds over the R requests, tokens, tokens per second, the CPU
-seconds of serve (the parent and its workers; then each worker's, which shows how evenly
-the connections fell) and of the replay servers in the same span;
+Printed (bench_workers.report's table): each run's wall seconds over the R requests, tokens,
+tokens per second, the CPU seconds of serve (the parent and its workers; then each worker's,
+which shows how evenly the connections fell) and of the replay servers in the same span;
 then the throughput ratio (N workers over one) per repetition and its median, and how busy
 the cores were in each N-worker run (bench_workers.cores_used). The replay servers, the
 clients and serve share this machine's cores, where a real fleet's GPUs use none of
@@ -29,29 +29,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
-from deepconf.eval.bench_workers import ReplayServer, cores_used
+from deepconf.eval.bench_workers import Measured, ReplayServer, cores_used, report
 from deepconf.eval.replay_server import MODEL
 from deepconf.eval.serve_processes import Served, serve
-
-
-@dataclass
-class Measured:
-    workers: int
-    seconds: float
-    tokens: int
-    cpu_seconds: float  # serve: the parent and its workers
-    server_cpu_seconds: float  # the replay servers, in the same span
-    each_cpu_seconds: list[float]  # serve's processes one by one: the parent, then each worker
-
-    @property
-    def rate(self) -> float:
-        return self.tokens / self.seconds
 
 
 def family_cpu_seconds(pid: int) -> list[float]:
@@ -118,28 +102,8 @@ def _timed(
     seconds = time.perf_counter() - started
     each = [b - a for a, b in zip(cpu_before, family_cpu_seconds(served.pid), strict=True)]
     server_cpu = sum(s.cpu_seconds() for s in servers) - server_before
-    return Measured(workers, seconds, tokens, sum(each), server_cpu, each)
-
-
-def report(runs: list[Measured], workers: int) -> float:
-    """Print the table and the ratios; return the median ratio."""
-    head = f"{'workers':>7} {'seconds':>8} {'tokens':>10} {'tokens/s':>10}"
-    print(f"{head} {'serve CPU s':>11} {'servers CPU s':>13}  each serve worker's CPU s")
-    for m in runs:
-        figures = f"{m.seconds:>8.2f} {m.tokens:>10,} {m.rate:>10,.0f} {m.cpu_seconds:>11.2f}"
-        workers_cpu = m.each_cpu_seconds[1:] or m.each_cpu_seconds  # one worker: the parent
-        each = " ".join(f"{x:.2f}" for x in workers_cpu)
-        print(f"{m.workers:>7} {figures} {m.server_cpu_seconds:>13.2f}  {each}")
-    ones = [m for m in runs if m.workers == 1]
-    many = [m for m in runs if m.workers == workers]
-    ratios = [b.rate / a.rate for a, b in zip(ones, many, strict=True)]
-    median = statistics.median(ratios)
-    each = " ".join(f"{r:.2f}" for r in ratios)
-    print(
-        f"throughput ratio, serve --workers {workers} over 1: {median:.2f}"
-        f" (median of {len(ratios)}; each {each})"
-    )
-    return median
+    # One worker is the serve process itself ("in process"); N: the parent, then workers.
+    return Measured(workers, seconds, tokens, sum(each), server_cpu, each[1:])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):
             for workers in (1, args.workers):
                 runs.append(run_one(args, servers, workers))
-        report(runs, args.workers)
+        report(runs, args.workers, f"serve --workers {args.workers}")
         cores_used(runs, args.workers)
 
 

@@ -166,8 +166,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def report(runs: list[Measured], workers: int) -> float:
-    """Print the table and the ratios; return the median ratio."""
+def report(runs: list[Measured], workers: int, side: str | None = None) -> float:
+    """Print the table and the ratios of `side` ("2 workers") over one; return the median
+    ratio."""
     head = f"{'tokens/s':>10} {'CPU s':>7} {'servers CPU s':>13}  each worker's CPU s"
     print(f"{'workers':>7} {'seconds':>8} {'tokens':>10} {head}")
     for m in runs:
@@ -180,7 +181,7 @@ def report(runs: list[Measured], workers: int) -> float:
     median = statistics.median(ratios)
     each = " ".join(f"{r:.2f}" for r in ratios)
     print(
-        f"throughput ratio, {workers} workers over 1: {median:.2f}"
+        f"throughput ratio, {side or f'{workers} workers'} over 1: {median:.2f}"
         f" (median of {len(ratios)}; each {each})"
     )
     return median
