@@ -28,25 +28,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
-from deepconf.eval.bench_workers import Measured, ReplayServer, cores_used, report
+from deepconf.eval.bench_workers import (
+    Measured,
+    ReplayServer,
+    children_of,
+    cores_used,
+    cpu_seconds_of,
+    report,
+)
 from deepconf.eval.replay_server import MODEL
 from deepconf.eval.serve_processes import Served, serve
 
 
 def family_cpu_seconds(pid: int) -> list[float]:
-    """User + system CPU so far of a process and of each of its live children (Linux
-    /proc): with `serve --workers N`, the parent and then its workers."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    seconds = []
-    for each in [pid, *map(int, children)]:
-        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        seconds.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-    return seconds
+    """CPU seconds so far of a process and of each of its live children: with `serve
+    --workers N`, the parent and then its workers."""
+    return [cpu_seconds_of(each) for each in [pid, *children_of(pid)]]
 
 
 async def load(base_url: str, requests: int, clients: int, budget: int, tokens: int) -> int:

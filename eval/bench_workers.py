@@ -91,7 +91,7 @@ class ReplayServer:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server has used so far (Linux /proc; 0 elsewhere)."""
-        return _cpu_seconds(self.proc.pid)
+        return cpu_seconds_of(self.proc.pid)
 
     def close(self) -> None:
         self.proc.terminate()
@@ -134,8 +134,8 @@ def run_one(
         )
         each: dict[int, float] = {}  # worker pid -> CPU seconds at the last look
         while proc.poll() is None:
-            for pid in _children(proc.pid):
-                each[pid] = _cpu_seconds(pid) or each.get(pid, 0.0)
+            for pid in children_of(proc.pid):
+                each[pid] = cpu_seconds_of(pid) or each.get(pid, 0.0)
             time.sleep(WORKER_LOOK_S)
         seconds = time.perf_counter() - started
         log.seek(0)
@@ -150,14 +150,14 @@ def run_one(
     return Measured(workers, seconds, tokens, cpu, server_cpu, list(each.values()))
 
 
-def _children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []  # gone, or not Linux
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds_of(pid: int) -> float:
     """User + system CPU a process has used so far; 0 once it is gone (Linux /proc)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
