@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--events-per-write", type=int, default=16, help="SSE events per replay-server write"
     )
+    ap.add_argument(
+        "--no-sendfile",
+        action="store_true",
+        help="the servers write each stream's chunks instead of sending it by sendfile",
+    )
     args = ap.parse_args(argv)
     if args.workers < 2 or min(args.requests, args.clients, args.budget, args.tokens) < 1:
         ap.error("--workers must be at least 2; the other counts at least 1")
@@ -126,11 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"serve: {args.requests} requests x {args.budget} traces x {args.tokens:,} tokens,"
         f" {args.clients} in flight, against {args.servers} replay server(s)"
-        f" ({args.events_per_write} event(s) per write); 1 and {args.workers} workers"
+        f" ({args.events_per_write} event(s) per write"
+        f"{', written' if args.no_sendfile else ', by sendfile'}); 1 and {args.workers} workers"
         f" alternate, {args.repeats} run(s) each"
     )
     with ExitStack() as stack:
-        servers = [ReplayServer(args.events_per_write) for _ in range(args.servers)]
+        sendfile = not args.no_sendfile
+        servers = [ReplayServer(args.events_per_write, sendfile) for _ in range(args.servers)]
         for server in servers:
             stack.callback(server.close)
         runs = []

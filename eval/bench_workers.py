@@ -18,8 +18,9 @@ The servers share the machine, where a real fleet's GPUs use none of its CPU: wi
 CPU c and server CPU s per token, N workers on N cores gain at most N c / (c + s). So each
 server write carries 16 events (`--events-per-write`; the client reads and decodes the same
 bytes, and a client that falls behind reads many events per read anyway), which cuts the
-server's Python work per token (most of what is left is the kernel's send path: ~4 GB over
-loopback per 2,048,000 tokens), and `--servers 2` gives each worker a server of its own.
+server's Python work per token; the servers send each stream by sendfile (`--no-sendfile`:
+by writes), which spares them copying ~3.9 GB into loopback sockets per 2,048,000 tokens;
+and `--servers 2` gives each worker a server of its own.
 
     deepconf bench workers                          # 2 workers, 16 problems x 32 traces x 2,000
     deepconf bench workers --events-per-write 1     # the server writes as a GPU server does
@@ -68,11 +69,12 @@ class Measured:
 class ReplayServer:
     """`python -m deepconf.eval.replay_server` on a free port, up once /v1/models answers."""
 
-    def __init__(self, events_per_write: int = 1) -> None:
+    def __init__(self, events_per_write: int = 1, sendfile: bool = False) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         module = "deepconf.eval.replay_server"
         flags = ["--port", str(self.port), "--events-per-write", str(events_per_write)]
+        flags += ["--sendfile"] if sendfile else []
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", module, *flags], stdout=subprocess.DEVNULL
         )
@@ -221,6 +223,11 @@ def main(argv: list[str] | None = None) -> None:
         help="SSE events per server write (1: as a GPU server writes; more: less server CPU"
         " on the client's cores, the same bytes for the client)",
     )
+    ap.add_argument(
+        "--no-sendfile",
+        action="store_true",
+        help="the servers write each stream's chunks instead of sending it by sendfile",
+    )
     args = ap.parse_args(argv)
     if min(args.repeats, args.servers, args.events_per_write) < 1 or args.workers < 2:
         ap.error(
@@ -229,10 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"eval of {args.problems} problems x {args.budget} traces x {args.tokens:,} tokens"
         f" against {args.servers} replay server(s) ({args.events_per_write} event(s) per"
-        f" write); 1 and {args.workers} workers alternate, {args.repeats} run(s) each"
+        f" write{', written' if args.no_sendfile else ', by sendfile'}); 1 and {args.workers}"
+        f" workers alternate, {args.repeats} run(s) each"
     )
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-        servers = [ReplayServer(args.events_per_write) for _ in range(args.servers)]
+        sendfile = not args.no_sendfile
+        servers = [ReplayServer(args.events_per_write, sendfile) for _ in range(args.servers)]
         for server in servers:
             stack.callback(server.close)
         data = Path(tmp) / "problems.jsonl"

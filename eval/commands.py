@@ -193,17 +193,20 @@ def _eval_workers(
     view: Console,
 ) -> list[dict[str, Any]]:
     """`--workers N`: the same progress view as one worker's, fed from the workers' files."""
-    from deepconf.eval.workers import merge_into, prepare, run_workers, worker_argv
+    from deepconf.eval import workers as running
 
-    seen = prepare(workers, output, problems, manifest)
+    seen = running.prepare(workers, output, problems, manifest)
     if seen:
         note(
             f"resuming: {len(seen)}/{len(problems)} problems are already done in {output};"
             f" {len(workers)} workers run the other {len(problems) - len(seen)}"
         )
-    with _progress_view(view, len(problems), seen) as on_result:
-        run_workers(workers, worker_argv(ctx), on_result)
-    return merge_into(output, workers)
+    with (
+        running.workers_running(workers, running.worker_argv(ctx)) as watch,
+        _progress_view(view, len(problems), seen) as on_result,
+    ):
+        watch(on_result)
+    return running.merge_into(output, workers)
 
 
 @contextlib.contextmanager

@@ -39,18 +39,19 @@ its folder; only the merge writes OUT).
 
     workers = plan_workers(Path("out"), count=2, max_traces=64, node=None)
     seen = prepare(workers, Path("out"), problems, manifest)
-    run_workers(workers, worker_argv(click_context), on_result)
+    with workers_running(workers, worker_argv(click_context)) as watch:
+        watch(on_result)
     results = merge_into(Path("out"), workers)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -58,9 +59,10 @@ from typing import IO, Any
 import typer
 
 from deepconf.child_processes import (
+    Child,
     exit_described,
+    fork_child,
     given_flags,
-    start_child,
     stop_children,
     terminate_as_interrupt,
     wait_for_an_exit,
@@ -288,30 +290,30 @@ class ResultsFollower:
         return [json.loads(text) for text in whole.splitlines() if text.strip()]
 
 
-def run_workers(
-    workers: Sequence[Worker], argv: Sequence[str], on_result: Callable[[dict[str, Any]], None]
-) -> None:
-    """Start the workers, pass each newly finished problem to `on_result`, and return when
-    all have exited 0. A worker that fails raises a ConfigError with its last log lines; it,
-    an interrupt or any other exception first stops every worker still running."""
+@contextlib.contextmanager
+def workers_running(
+    workers: Sequence[Worker], argv: Sequence[str]
+) -> Iterator[Callable[[Callable[[dict[str, Any]], None]], None]]:
+    """Start the workers and yield `watch(on_result)`: it passes each newly finished problem
+    to `on_result` and returns when all have exited 0. A worker that fails raises a
+    ConfigError with its last log lines; it, an interrupt or any other exception first stops
+    every worker still running. They start before the caller's progress view does (a
+    terminal's bar redraws from a thread, and a parent with threads cannot fork them)."""
     followers = [ResultsFollower(w.folder / "results.jsonl") for w in workers]
-    logs: list[IO[bytes]] = []
-    procs: list[subprocess.Popen[bytes]] = []
-    with terminate_as_interrupt():
+    procs: list[Child] = []
+    with terminate_as_interrupt(), contextlib.ExitStack() as logs:
         try:
             for worker in workers:
-                logs.append((worker.folder / LOG_NAME).open("wb"))
-                procs.append(_start(worker, argv, logs[-1]))
-            _watch(workers, procs, followers, on_result)
+                log = logs.enter_context((worker.folder / LOG_NAME).open("wb"))
+                procs.append(_start(worker, argv, log))
+            yield lambda on_result: _watch(workers, procs, followers, on_result)
         finally:
             stop_children(procs)
-            for log in logs:
-                log.close()
 
 
 def _watch(
     workers: Sequence[Worker],
-    procs: Sequence[subprocess.Popen[bytes]],
+    procs: Sequence[Child],
     followers: Sequence[ResultsFollower],
     on_result: Callable[[dict[str, Any]], None],
 ) -> None:
@@ -330,11 +332,11 @@ def _watch(
         wait_for_an_exit(procs, POLL_S)
 
 
-def _start(worker: Worker, argv: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+def _start(worker: Worker, argv: Sequence[str], log: IO[bytes]) -> Child:
     own = ["--shard", str(worker.shard), "--max-traces", str(worker.max_traces)]
     claims = worker.folder.parent / CLAIMS_DIR
     args = ["eval", *argv, *own, "--claims", str(claims), "--output", str(worker.folder)]
-    return start_child(args, stdout=log, stderr=subprocess.STDOUT)
+    return fork_child(args, log, name=f"deepconf {worker.shard}")
 
 
 def _failure(worker: Worker, code: int | None) -> ConfigError:

@@ -27,11 +27,11 @@ def test_writes_join_to_the_events_in_order(per_write: int) -> None:
     assert all(data.count(b"data: ") == per_write for data in sent[:-1])
 
 
-def served_body(per_write: int) -> bytes:
+def served_body(per_write: int, *flags: str) -> bytes:
     """The raw SSE body of one 50-token stream from a replay server on loopback."""
     port = free_port()
     command = [sys.executable, "-P", "-m", "deepconf.eval.replay_server", "--port", str(port)]
-    proc = subprocess.Popen([*command, "--events-per-write", str(per_write)])
+    proc = subprocess.Popen([*command, "--events-per-write", str(per_write), *flags])
     try:
         url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 60
@@ -54,6 +54,7 @@ def test_a_server_writing_16_events_at_once_sends_the_same_stream() -> None:
     one = served_body(1)
     assert one == b"".join(events(50, "17"))  # seed 3 answers 17
     assert served_body(16) == one
+    assert served_body(16, "--sendfile") == one
 
 
 def test_events_per_write_below_one_is_refused() -> None:
@@ -66,10 +67,12 @@ def test_events_per_write_below_one_is_refused() -> None:
 # --- the protocol itself, in process ---------------------------------------------------------
 
 
-async def _serving(token_delay: float = 0.0, per_write: int = 1) -> tuple[asyncio.Server, int]:
+async def _serving(
+    token_delay: float = 0.0, per_write: int = 1, sendfile: bool = False
+) -> tuple[asyncio.Server, int]:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: ReplayProtocol(token_delay, per_write), "127.0.0.1", 0
+        lambda: ReplayProtocol(token_delay, per_write, sendfile), "127.0.0.1", 0
     )
     return server, server.sockets[0].getsockname()[1]
 
@@ -93,10 +96,12 @@ async def _read_chunked(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         body += data[:-2]
 
 
-async def test_two_requests_sent_at_once_get_two_whole_streams_in_order() -> None:
+@pytest.mark.parametrize("sendfile", [False, True])
+async def test_two_requests_sent_at_once_get_two_whole_streams_in_order(sendfile: bool) -> None:
     """Keep-alive and pipelining: the second request waits in the buffer until the first
-    stream is out, then gets its own stream on the same connection."""
-    server, port = await _serving(per_write=4)
+    stream is out, then gets its own stream on the same connection (written, or sent by
+    sendfile while reading waits)."""
+    server, port = await _serving(per_write=4, sendfile=sendfile)
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(_chat_request(30, seed=0) + _chat_request(20, seed=3, close=True))
@@ -162,6 +167,23 @@ async def test_a_client_that_leaves_mid_stream_stops_the_stream() -> None:
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(_chat_request(2_000, seed=0))  # ~2 s of writes at 1 ms each
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(1000)
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_chat_request(5, seed=0))
+        _, body = await _read_chunked(reader)
+        assert body == b"".join(events(5, "42"))
+        writer.close()
+
+
+async def test_a_client_that_leaves_mid_sendfile_leaves_the_server_serving() -> None:
+    """--sendfile: a client that reads a little of a long stream and closes (a pruned
+    trace) ends that send; the next connection gets its whole stream."""
+    server, port = await _serving(per_write=16, sendfile=True)
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_chat_request(30_000, seed=0))  # 58 MB: more than loopback buffers hold
         await reader.readuntil(b"\r\n\r\n")
         await reader.readexactly(1000)
         writer.close()

@@ -107,11 +107,15 @@ def lines_in(path: Path) -> int:
 
 
 def children(pid: int) -> dict[str, int]:
-    """The worker processes of a parent, by the --shard they were given."""
+    """The worker processes of a parent, by the --shard they were given: a forked worker
+    carries it in its process name, one started anew in its command line."""
     found = {}
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        name = Path(f"/proc/{child}/comm").read_text().strip()
         argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        if b"--shard" in argv:
+        if name.startswith("deepconf "):
+            found[name.split()[1]] = int(child)
+        elif b"--shard" in argv:
             found[argv[argv.index(b"--shard") + 1].decode()] = int(child)
     return found
 
@@ -182,11 +186,11 @@ def test_workers_get_the_flags_the_eval_was_given(
     --shard, --max-traces and --output left to the parent."""
     given: list[list[str]] = []
 
-    def capture(workers: Any, argv: list[str], on_result: Any) -> None:
+    def capture(workers: Any, argv: list[str]) -> Any:
         given.append(argv)
         raise ConfigError("captured")
 
-    monkeypatch.setattr(workers_module, "run_workers", capture)
+    monkeypatch.setattr(workers_module, "workers_running", capture)
     monkeypatch.setenv("DEEPCONF_BASE_URL", server.base_url)
     data = dataset(tmp_path, 2)
     args = ["eval", "--dataset", str(data), "--prompt-template", "Q: {problem}\\n", "--no-probe"]
@@ -216,14 +220,18 @@ def test_eval_refuses_more_workers_than_traces(tmp_path: Path, server: ScriptedS
 def test_two_workers_write_what_one_writes(tmp_path: Path, server: ScriptedServer) -> None:
     """5 problems with one worker (in process) and with two worker processes: the same
     results records, trace files (seeds 100-107), report.md, summary.json and run.json;
-    the workers' folder is gone, and the progress counts problems over both workers."""
+    the workers' folder is gone, and the progress counts problems over both workers. The
+    two-worker parent is a process of its own, as a user's is, so its workers are forks
+    of it (this test process runs the server's thread: workers it starts are new
+    interpreters, as the rerun's below are); both ways give the same folder."""
     data = dataset(tmp_path, 5)
     one, two = tmp_path / "one", tmp_path / "two"
     res = run(eval_args(server, data, one))
     assert res.exit_code == 0, res.output
-    res = run(eval_args(server, data, two, "--workers", "2", "--max-traces", "3"))
-    assert res.exit_code == 0, res.output
-    progress = [line for line in res.output.splitlines() if line.startswith("eval ")]
+    proc = parent(eval_args(server, data, two, "--workers", "2", "--max-traces", "3"))
+    said, _ = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == 0, said
+    progress = [line for line in said.splitlines() if line.startswith("eval ")]
     assert [line.split()[1] for line in progress] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
     assert records(two) == records(one)
     assert trace_files(two) == trace_files(one)
