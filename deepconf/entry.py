@@ -13,13 +13,13 @@ glibc's malloc gives a block of 128 KiB or more its own mapping, and hands the f
 of its heap back to the kernel past a threshold that it raises only to twice the largest
 mapped block freed so far. A streaming client frees blocks of ~256 KiB at every read (the
 receive buffer as it empties, the body bytes a read's chunks join into), so the heap's top
-went back and forth to the kernel at each: 442,000 page faults in an eval of 2 million
-tokens with 32 traces in flight (140,000 with 64), each page zeroed again, ~10% of the
-client's CPU and the whole of what two `eval --workers` (32 traces each) paid per token
-over one worker (64). So unless the environment tunes malloc itself, blocks under 4 MiB
-come from the heap and up to 64 MiB of free heap stay with the process (`keep_freed_memory`):
-17,000 faults in the same eval, at any count in flight. Elsewhere (musl, macOS) nothing
-changes.
+went back and forth to the kernel at each: 442,000 page faults in an eval of 2,048,000
+tokens with 32 traces in flight (140,000 with 64), each page zeroed again. So unless the
+environment tunes malloc itself, blocks under 4 MiB come from the heap and up to 64 MiB of
+free heap stay with the process (`keep_freed_memory`): 17,000 faults in the same eval at
+either count, and its CPU 10% lower with 32 in flight (11.23 against 12.48 CPU-s, medians
+of 4, alternating) and 4.5% with 64 (11.38 against 11.91, medians of 3), the share an
+`eval --workers 2` worker (32 of 64) paid most. Elsewhere (musl, macOS) nothing changes.
 
 Start-up also allocates the objects that live as long as the process (modules, classes,
 pydantic and typer models): the cyclic garbage collector walked them over and over while
