@@ -26,6 +26,7 @@ from support.loopback_tcp import LoopbackServer
 from deepconf.backends.h1_transport import (
     MAX_HEAD_BYTES,
     PAUSE_ABOVE,
+    READ_SIZE,
     H1Transport,
     _Connection,
     default_transport,
@@ -267,6 +268,26 @@ async def test_reading_pauses_above_a_mebibyte_unread_and_resumes_when_read() ->
     conn.data_received(b"y")
     assert await reader == b"y"
     assert not conn.body_done
+
+
+async def test_every_connection_reads_into_one_area_and_keeps_a_copy() -> None:
+    """The read area (get_buffer) is one per thread, shared by every connection, so no read
+    allocates; what a read put there is copied out at once (buffer_updated): the next read,
+    into the same area for another connection, changes neither's body."""
+    loop = asyncio.get_running_loop()
+    first, second = _Connection(loop), _Connection(loop)
+    bodies = []
+    for conn, data in ((first, b"first read"), (second, b"SECOND")):
+        conn.connection_made(FakeSocketTransport())  # type: ignore[arg-type]
+        conn.start_body([(b"content-length", b"%d" % len(data))], no_body=False)
+        area = conn.get_buffer(-1)
+        assert len(area) == READ_SIZE
+        area[: len(data)] = data  # what the socket's recv_into does
+        conn.buffer_updated(len(data))
+        bodies.append(area)
+    assert bodies[0] is bodies[1]  # one area
+    assert await first.read_body() == b"first read"
+    assert await second.read_body() == b"SECOND"
 
 
 async def test_https_goes_to_the_fallback_made_once_and_closed_with_the_transport() -> None:
