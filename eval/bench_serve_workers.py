@@ -17,8 +17,10 @@ which shows how evenly the connections fell) and of the replay servers in the sa
 then the throughput ratio (N workers over one) per repetition and its median, and how busy
 the cores were in each N-worker run (bench_workers.cores_used). The replay servers, the
 clients and serve share this machine's cores, where a real fleet's GPUs use none of
-serve's CPU. A connection stays with the worker that accepted it, so with a few kept-alive
-client connections one worker may hold more of them: each worker's CPU shows it.
+serve's CPU: so the servers send each stream by sendfile (`--no-sendfile`: by writes), the
+same bytes for half their CPU. A connection stays with the worker that accepted it, so
+with a few kept-alive client connections one worker may hold more of them: each worker's
+CPU shows it.
 
     deepconf bench serve-workers                    # 2 workers, 32 requests x 32 traces x 2,000
     deepconf bench serve-workers --requests 2 --budget 4 --tokens 50 --repeats 1   # a smoke run
