@@ -18,8 +18,9 @@ tokens with 32 traces in flight (140,000 with 64), each page zeroed again. So un
 environment tunes malloc itself, blocks under 4 MiB come from the heap and up to 64 MiB of
 free heap stay with the process (`keep_freed_memory`): 17,000 faults in the same eval at
 either count, and its CPU 10% lower with 32 in flight (11.23 against 12.48 CPU-s, medians
-of 4, alternating) and 4.5% with 64 (11.38 against 11.91, medians of 3), the share an
-`eval --workers 2` worker (32 of 64) paid most. Elsewhere (musl, macOS) nothing changes.
+of 4, alternating) and 4.5% with 64 (11.38 against 11.91, medians of 3): each worker of
+`eval --workers 2` runs 32 of the 64, so it had paid the most. Elsewhere (musl, macOS)
+nothing changes.
 
 Start-up also allocates the objects that live as long as the process (modules, classes,
 pydantic and typer models): the cyclic garbage collector walked them over and over while
